@@ -1,0 +1,184 @@
+//! The fast CPU path: every op computes in f32 (16-bit operands widened with F16C block
+//! conversions), multi-threaded with rayon, and narrows the result to the node's storage dtype with
+//! round to nearest even.
+
+use std::borrow::Cow;
+
+use rayon::prelude::*;
+
+use super::{broadcast_strides, matmul, split_axis};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::ir::{Node, Op, ReduceOp};
+use crate::tensor::{Storage, StorageRef};
+
+/// Elements per rayon task for elementwise work.
+const CHUNK: usize = 1 << 14;
+
+/// An operand widened to f32, borrowed when it already is f32.
+pub(crate) fn as_f32(s: StorageRef<'_>) -> Cow<'_, [f32]> {
+    match s {
+        StorageRef::F32(v) => Cow::Borrowed(v),
+        other => Cow::Owned(other.to_f32_vec()),
+    }
+}
+
+/// Evaluates one non-source node on operands `ins` (data, concrete shape) into `out_shape`.
+pub(crate) fn eval(
+    node: &Node,
+    ins: &[(StorageRef<'_>, &[usize])],
+    out_shape: &[usize],
+    threads: usize,
+) -> Result<Storage> {
+    let out = match &node.op {
+        Op::Unary(u) => {
+            let x = as_f32(ins[0].0);
+            let mut y = vec![0f32; x.len()];
+            y.par_chunks_mut(CHUNK)
+                .zip(x.par_chunks(CHUNK))
+                .for_each(|(y, x)| {
+                    for (o, &v) in y.iter_mut().zip(x) {
+                        *o = u.eval_f32(v);
+                    }
+                });
+            y
+        }
+        Op::Binary(b) => {
+            let (a, sa) = (as_f32(ins[0].0), ins[0].1);
+            let (c, sc) = (as_f32(ins[1].0), ins[1].1);
+            binary(*b, &a, sa, &c, sc, out_shape)
+        }
+        Op::MatMul {
+            transpose_a,
+            transpose_b,
+        } => {
+            let a = as_f32(ins[0].0);
+            let b = as_f32(ins[1].0);
+            matmul::matmul(
+                &a,
+                ins[0].1,
+                &b,
+                ins[1].1,
+                *transpose_a,
+                *transpose_b,
+                out_shape,
+                threads,
+            )
+        }
+        Op::Reduce { op, axis } => reduce(*op, &as_f32(ins[0].0), ins[0].1, *axis),
+        Op::Cast { to, .. } => return Ok(cast(ins[0].0, *to)),
+        Op::Input { .. }
+        | Op::Weight { .. }
+        | Op::State { .. }
+        | Op::WriteState { .. } => {
+            return Err(Error::InvalidGraph(format!(
+                "{} is not evaluated by a kernel",
+                node.op.name()
+            )));
+        }
+        Op::Constant { values } => {
+            let n: usize = out_shape.iter().product();
+            let v: Vec<f32> = if values.len() == 1 {
+                vec![values[0] as f32; n]
+            } else {
+                values.iter().map(|&x| x as f32).collect()
+            };
+            v
+        }
+    };
+    Ok(Storage::from_f32(node.dtype, out))
+}
+
+/// Casts between any two dtypes. Floats convert through f32 (exact widening, one rounding to
+/// nearest even); integers convert directly; float → integer follows Rust `as` (toward zero,
+/// saturating, NaN → 0).
+pub(crate) fn cast(x: StorageRef<'_>, to: DType) -> Storage {
+    match (x, to) {
+        (StorageRef::I32(v), DType::U32) => Storage::U32(v.iter().map(|&x| x as u32).collect()),
+        (StorageRef::U32(v), DType::I32) => Storage::I32(v.iter().map(|&x| x as i32).collect()),
+        (s, t) if s.dtype() == t => s.to_owned(),
+        (s, t) => Storage::from_f32(t, s.to_f32_vec()),
+    }
+}
+
+/// Elementwise `a op b` with numpy broadcasting into `out_shape`.
+fn binary(
+    op: crate::ir::BinaryOp,
+    a: &[f32],
+    sa: &[usize],
+    b: &[f32],
+    sb: &[usize],
+    out_shape: &[usize],
+) -> Vec<f32> {
+    let n: usize = out_shape.iter().product();
+    let mut out = vec![0f32; n];
+    if n == 0 {
+        return out;
+    }
+    if a.len() == n && b.len() == n {
+        out.par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+            .for_each(|(o, (a, b))| {
+                for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
+                    *o = op.eval_f32(x, y);
+                }
+            });
+        return out;
+    }
+    // Broadcast: walk rows of the innermost dimension; each row has one base offset per operand.
+    let rank = out_shape.len();
+    let inner = out_shape[rank - 1];
+    let (ta, tb) = (broadcast_strides(sa, out_shape), broadcast_strides(sb, out_shape));
+    let (ia, ib) = (ta[rank - 1], tb[rank - 1]);
+    let rows_per_task = (CHUNK / inner.max(1)).max(1);
+    out.par_chunks_mut(inner * rows_per_task)
+        .enumerate()
+        .for_each(|(task, o)| {
+            for (r, row) in o.chunks_mut(inner).enumerate() {
+                let mut rem = task * rows_per_task + r;
+                let (mut oa, mut ob) = (0, 0);
+                for d in (0..rank - 1).rev() {
+                    let i = rem % out_shape[d];
+                    rem /= out_shape[d];
+                    oa += i * ta[d];
+                    ob += i * tb[d];
+                }
+                for (j, o) in row.iter_mut().enumerate() {
+                    *o = op.eval_f32(a[oa + j * ia], b[ob + j * ib]);
+                }
+            }
+        });
+    out
+}
+
+/// Reduction over `axis` with f32 accumulation.
+fn reduce(op: ReduceOp, x: &[f32], shape: &[usize], axis: usize) -> Vec<f32> {
+    let (outer, len, inner) = split_axis(shape, axis);
+    let mut out = vec![0f32; outer * inner];
+    if out.is_empty() {
+        return out;
+    }
+    out.par_chunks_mut(inner.max(1))
+        .enumerate()
+        .for_each(|(o, row)| {
+            let base = o * len * inner;
+            for (i, r) in row.iter_mut().enumerate() {
+                let mut acc = match op {
+                    ReduceOp::Max => f32::NEG_INFINITY,
+                    ReduceOp::Sum | ReduceOp::Mean => 0.0,
+                };
+                for k in 0..len {
+                    let v = x[base + k * inner + i];
+                    acc = match op {
+                        ReduceOp::Max => acc.max(v),
+                        ReduceOp::Sum | ReduceOp::Mean => acc + v,
+                    };
+                }
+                *r = match op {
+                    ReduceOp::Mean => acc / len as f32,
+                    ReduceOp::Sum | ReduceOp::Max => acc,
+                };
+            }
+        });
+    out
+}

@@ -1,0 +1,431 @@
+//! The CPU backend, with two faces: a readable f64 **reference** (`reference.rs`) that every test
+//! compares against, and the **fast** path users run (`fast.rs`: `gemm` for matmul, multi-threaded
+//! elementwise and reductions, F16C conversions).
+//!
+//! A run borrows its inputs and the weights (no copies on the way in), evaluates the nodes in
+//! order and frees each value after its last use.
+
+mod fast;
+mod matmul;
+mod reference;
+
+use std::any::Any;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use crate::backend::{
+    Backend, DeviceBuffer, DeviceInfo, DeviceType, Limits, Pending, Program, RunArgs,
+};
+use crate::dtype::{DType, Rounding};
+use crate::error::{Error, Result};
+use crate::ir::{Graph, NodeId, Offset, Op};
+use crate::shape::Bindings;
+use crate::tensor::{Storage, StorageRef, Tensor, TensorView};
+
+/// Threads for the fast path: `POLYTENSOR_NUM_THREADS`, else every core.
+pub fn default_threads() -> usize {
+    std::env::var("POLYTENSOR_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Fast,
+    Reference,
+}
+
+/// The CPU backend.
+pub struct CpuBackend {
+    mode: Mode,
+    threads: usize,
+    pool: Option<Arc<rayon::ThreadPool>>,
+}
+
+impl CpuBackend {
+    /// The fast path on `threads` threads.
+    pub fn fast(threads: usize) -> CpuBackend {
+        let threads = threads.max(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("polytensor-cpu-{i}"))
+            .build()
+            .ok()
+            .map(Arc::new);
+        CpuBackend {
+            mode: Mode::Fast,
+            threads,
+            pool,
+        }
+    }
+
+    /// The f64 reference path (single-threaded plain loops).
+    pub fn reference() -> CpuBackend {
+        CpuBackend {
+            mode: Mode::Reference,
+            threads: 1,
+            pool: None,
+        }
+    }
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// A tensor in host memory. The lock lets a program write a state in place.
+pub struct CpuBuffer {
+    tensor: RwLock<Tensor>,
+}
+
+impl CpuBuffer {
+    fn read_lock(&self) -> RwLockReadGuard<'_, Tensor> {
+        self.tensor.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl DeviceBuffer for CpuBuffer {
+    fn shape(&self) -> Vec<usize> {
+        self.read_lock().shape().to_vec()
+    }
+    fn dtype(&self) -> DType {
+        self.read_lock().dtype()
+    }
+    fn read(&self) -> Result<Tensor> {
+        Ok(self.read_lock().clone())
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+fn cpu_buffer<'a>(buf: &'a Arc<dyn DeviceBuffer>, name: &str) -> Result<&'a CpuBuffer> {
+    buf.as_any()
+        .downcast_ref::<CpuBuffer>()
+        .ok_or_else(|| Error::Device {
+            device: "cpu".to_string(),
+            msg: format!("buffer `{name}` belongs to another backend"),
+        })
+}
+
+impl Backend for CpuBackend {
+    fn info(&self) -> DeviceInfo {
+        let (name, details) = match self.mode {
+            Mode::Fast => (
+                format!("CPU: {}", cpu_model()),
+                vec![
+                    ("threads".to_string(), self.threads.to_string()),
+                    ("matmul".to_string(), "gemm crate (f16/bf16 via F16C block conversion)".to_string()),
+                ],
+            ),
+            Mode::Reference => (
+                "CPU reference (f64 loops)".to_string(),
+                vec![("threads".to_string(), "1".to_string())],
+            ),
+        };
+        DeviceInfo {
+            name,
+            backend: "cpu".to_string(),
+            api: "native".to_string(),
+            device_type: DeviceType::Cpu,
+            software: false,
+            dtypes: DType::ALL.to_vec(),
+            limits: Limits {
+                max_buffer_bytes: isize::MAX as u64,
+                max_binding_bytes: isize::MAX as u64,
+            },
+            details,
+        }
+    }
+
+    fn supports(&self, graph: &Graph, node: NodeId) -> std::result::Result<(), String> {
+        let n = graph.node(node).map_err(|e| e.to_string())?;
+        if let Rounding::Stochastic { .. } = n.rounding {
+            return Err("stochastic rounding is not implemented yet".to_string());
+        }
+        Ok(())
+    }
+
+    fn upload(&self, tensor: TensorView<'_>) -> Result<Arc<dyn DeviceBuffer>> {
+        Ok(Arc::new(CpuBuffer {
+            tensor: RwLock::new(tensor.to_tensor()),
+        }))
+    }
+
+    fn compile(&self, graph: &Graph) -> Result<Box<dyn Program>> {
+        for i in 0..graph.nodes().len() {
+            if let Err(why) = self.supports(graph, NodeId(i)) {
+                return Err(Error::Unsupported(format!(
+                    "%{i} ({}) on the CPU: {why}",
+                    graph.nodes()[i].op.name()
+                )));
+            }
+        }
+        Ok(Box::new(CpuProgram {
+            plan: Plan::new(graph),
+            mode: self.mode,
+            threads: self.threads,
+            pool: self.pool.clone(),
+        }))
+    }
+}
+
+/// What a run needs to know about the graph beyond its nodes.
+pub(crate) struct Plan {
+    pub graph: Graph,
+    /// The last node that reads each node (or `usize::MAX` for outputs, kept to the end).
+    pub last_use: Vec<usize>,
+}
+
+impl Plan {
+    fn new(graph: &Graph) -> Plan {
+        let n = graph.nodes().len();
+        let mut last_use = vec![0; n];
+        for (i, node) in graph.nodes().iter().enumerate() {
+            last_use[i] = i;
+            for &j in &node.inputs {
+                last_use[j.0] = i;
+            }
+        }
+        for (_, id) in graph.outputs() {
+            last_use[id.0] = usize::MAX;
+        }
+        Plan {
+            graph: graph.clone(),
+            last_use,
+        }
+    }
+
+    /// Every node's concrete shape under `bindings`.
+    fn shapes(&self, bindings: &Bindings) -> Result<Vec<Vec<usize>>> {
+        self.graph
+            .nodes()
+            .iter()
+            .map(|n| n.shape.resolve(bindings))
+            .collect()
+    }
+}
+
+/// A value during a run: borrowed (an input or a weight) or computed.
+pub(crate) enum Val<'a> {
+    Ref(StorageRef<'a>),
+    Own(Storage),
+}
+
+impl Val<'_> {
+    fn get(&self) -> StorageRef<'_> {
+        match self {
+            Val::Ref(r) => *r,
+            Val::Own(s) => s.as_ref(),
+        }
+    }
+}
+
+/// Splits `shape` around `axis` into (outer, axis length, inner) element counts.
+pub(crate) fn split_axis(shape: &[usize], axis: usize) -> (usize, usize, usize) {
+    let outer = shape[..axis].iter().product();
+    let inner = shape[axis + 1..].iter().product();
+    (outer, shape[axis], inner)
+}
+
+/// Element strides of `in_shape` laid out in `out_shape`'s index space (right-aligned), with 0
+/// for broadcast dimensions.
+pub(crate) fn broadcast_strides(in_shape: &[usize], out_shape: &[usize]) -> Vec<usize> {
+    let mut strides = vec![0; out_shape.len()];
+    let mut s = 1;
+    for i in (0..in_shape.len()).rev() {
+        let o = out_shape.len() - in_shape.len() + i;
+        strides[o] = if in_shape[i] == 1 { 0 } else { s };
+        s *= in_shape[i];
+    }
+    strides
+}
+
+/// Writes `value` (shape `vshape`) into `state` at `offset` along `axis`.
+fn write_state(
+    name: &str,
+    state: &mut Tensor,
+    value: StorageRef<'_>,
+    vshape: &[usize],
+    axis: usize,
+    offset: usize,
+) -> Result<()> {
+    let sshape = state.shape().to_vec();
+    let (outer, s_len, inner) = split_axis(&sshape, axis);
+    let v_len = vshape[axis];
+    if offset + v_len > s_len {
+        return Err(Error::StateWriteOutOfRange {
+            name: name.to_string(),
+            axis,
+            offset,
+            len: v_len,
+            size: s_len,
+        });
+    }
+    fn copy<T: Copy>(dst: &mut [T], src: &[T], o: usize, s_len: usize, v_len: usize, inner: usize, off: usize) {
+        for b in 0..o {
+            let d = (b * s_len + off) * inner;
+            let s = b * v_len * inner;
+            dst[d..d + v_len * inner].copy_from_slice(&src[s..s + v_len * inner]);
+        }
+    }
+    let mut storage = std::mem::replace(state, Tensor::zeros(&[0], DType::F32)).into_storage();
+    match (&mut storage, value) {
+        (Storage::F32(d), StorageRef::F32(s)) => copy(d, s, outer, s_len, v_len, inner, offset),
+        (Storage::F16(d), StorageRef::F16(s)) => copy(d, s, outer, s_len, v_len, inner, offset),
+        (Storage::BF16(d), StorageRef::BF16(s)) => copy(d, s, outer, s_len, v_len, inner, offset),
+        (Storage::U32(d), StorageRef::U32(s)) => copy(d, s, outer, s_len, v_len, inner, offset),
+        (Storage::I32(d), StorageRef::I32(s)) => copy(d, s, outer, s_len, v_len, inner, offset),
+        (d, s) => {
+            let (sd, vd) = (d.dtype(), s.dtype());
+            *state = Tensor::from_storage(&sshape, storage)?;
+            return Err(Error::DTypeMismatch {
+                op: "write_state",
+                lhs: sd,
+                rhs: vd,
+            });
+        }
+    }
+    *state = Tensor::from_storage(&sshape, storage)?;
+    Ok(())
+}
+
+fn resolve_offset(offset: &Offset, bindings: &Bindings) -> Result<usize> {
+    match offset {
+        Offset::Fixed(n) => Ok(*n),
+        Offset::Sym(name) => bindings.get(name),
+    }
+}
+
+struct CpuProgram {
+    plan: Plan,
+    mode: Mode,
+    threads: usize,
+    pool: Option<Arc<rayon::ThreadPool>>,
+}
+
+struct Done(Vec<Tensor>);
+
+impl Pending for Done {
+    fn wait(self: Box<Self>) -> Result<Vec<Tensor>> {
+        Ok(self.0)
+    }
+}
+
+impl Program for CpuProgram {
+    fn submit<'a>(&'a self, args: RunArgs<'a>) -> Result<Box<dyn Pending + 'a>> {
+        // The CPU computes during submit: its "device" is the calling thread and the pool.
+        let out = match (self.mode, &self.pool) {
+            (Mode::Fast, Some(pool)) => pool.install(|| self.run_fast(&args)),
+            (Mode::Fast, None) => self.run_fast(&args),
+            (Mode::Reference, _) => reference::run(&self.plan, &args),
+        }?;
+        Ok(Box::new(Done(out)))
+    }
+}
+
+impl CpuProgram {
+    fn run_fast(&self, args: &RunArgs<'_>) -> Result<Vec<Tensor>> {
+        let plan = &self.plan;
+        let nodes = plan.graph.nodes();
+        let shapes = plan.shapes(args.bindings)?;
+        // Weights are borrowed for the whole run under read locks.
+        let mut guards = Vec::new();
+        for node in nodes {
+            if let Op::Weight { name } = &node.op {
+                let buf = args.weights.get(name).ok_or_else(|| Error::UnknownWeight {
+                    name: name.clone(),
+                    known: String::new(),
+                })?;
+                guards.push(cpu_buffer(buf, name)?.read_lock());
+            }
+        }
+        let mut weights = guards.iter();
+        let mut vals: Vec<Option<Val<'_>>> = Vec::with_capacity(nodes.len());
+        for (i, node) in nodes.iter().enumerate() {
+            let val = match &node.op {
+                Op::Input { name } => {
+                    let v = args.inputs.get(name).ok_or_else(|| Error::MissingInput {
+                        name: name.clone(),
+                        shape: node.shape.to_string(),
+                        dtype: node.dtype,
+                    })?;
+                    Val::Ref(v.data())
+                }
+                Op::Weight { .. } => match weights.next() {
+                    Some(g) => Val::Ref(g.storage().as_ref()),
+                    None => return Err(Error::InvalidGraph("weight lock lost".to_string())),
+                },
+                Op::State { name } => Val::Own(self.state(args, name)?.read_lock().storage().clone()),
+                Op::WriteState { name, axis, offset } => {
+                    let off = resolve_offset(offset, args.bindings)?;
+                    let value = vals[node.inputs[0].0].as_ref().map(Val::get);
+                    let value = value.ok_or_else(|| Error::InvalidGraph(format!("%{i}: operand freed")))?;
+                    let buf = self.state(args, name)?;
+                    let mut t = buf.tensor.write().unwrap_or_else(|e| e.into_inner());
+                    write_state(name, &mut t, value, &shapes[node.inputs[0].0], *axis, off)?;
+                    if plan.last_use[i] > i {
+                        Val::Own(t.storage().clone())
+                    } else {
+                        Val::Own(Storage::zeros(node.dtype, 0))
+                    }
+                }
+                _ => {
+                    let mut ins = Vec::with_capacity(node.inputs.len());
+                    for j in &node.inputs {
+                        let v = vals[j.0].as_ref().ok_or_else(|| {
+                            Error::InvalidGraph(format!("%{i}: operand %{} freed", j.0))
+                        })?;
+                        ins.push((v.get(), shapes[j.0].as_slice()));
+                    }
+                    Val::Own(fast::eval(node, &ins, &shapes[i], self.threads)?)
+                }
+            };
+            vals.push(Some(val));
+            for j in &node.inputs {
+                if plan.last_use[j.0] == i {
+                    vals[j.0] = None;
+                }
+            }
+        }
+        let outputs = plan.graph.outputs();
+        let mut result = Vec::with_capacity(outputs.len());
+        for (k, (_, id)) in outputs.iter().enumerate() {
+            let last = !outputs[k + 1..].iter().any(|(_, o)| o == id);
+            let storage = match vals[id.0].take() {
+                Some(Val::Own(s)) if last => s,
+                Some(v) => {
+                    let s = v.get().to_owned();
+                    vals[id.0] = Some(v);
+                    s
+                }
+                None => return Err(Error::InvalidGraph(format!("output %{} freed", id.0))),
+            };
+            result.push(Tensor::from_storage(&shapes[id.0], storage)?);
+        }
+        Ok(result)
+    }
+
+    fn state<'a>(&self, args: &RunArgs<'a>, name: &str) -> Result<&'a CpuBuffer> {
+        let buf = args.states.get(name).ok_or_else(|| Error::UnknownState {
+            name: name.to_string(),
+            known: String::new(),
+        })?;
+        cpu_buffer(buf, name)
+    }
+}
+
+
+/// Converts storage to `dtype` with the cast op's rules (used when loading weights).
+pub fn cast_storage(x: StorageRef<'_>, to: DType) -> Storage {
+    fast::cast(x, to)
+}

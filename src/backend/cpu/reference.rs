@@ -1,0 +1,190 @@
+//! The CPU reference: plain f64 loops, one element at a time, readable at a glance. Every test
+//! compares the other paths against it. Each node's value is rounded to its storage dtype (through
+//! f32, round to nearest even), so the reference stores what a real backend stores.
+
+use half::{bf16, f16};
+
+use super::{Plan, broadcast_strides, cpu_buffer, resolve_offset, split_axis, write_state};
+use crate::backend::RunArgs;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::ir::{Node, Op, ReduceOp};
+use crate::tensor::{Storage, Tensor};
+
+/// Rounds an f64 to what `dtype` stores, returned as f64.
+fn round_to(x: f64, dtype: DType) -> f64 {
+    match dtype {
+        DType::F32 => f64::from(x as f32),
+        DType::F16 => f64::from(f16::from_f32(x as f32)),
+        DType::BF16 => f64::from(bf16::from_f32(x as f32)),
+        DType::U32 => f64::from(x as u32),
+        DType::I32 => f64::from(x as i32),
+    }
+}
+
+/// The flat index into an operand of shape `s` (strides `st` in the output's index space) of
+/// output element `flat`.
+fn operand_index(flat: usize, out_shape: &[usize], st: &[usize]) -> usize {
+    let (mut rem, mut idx) = (flat, 0);
+    for d in (0..out_shape.len()).rev() {
+        idx += (rem % out_shape[d]) * st[d];
+        rem /= out_shape[d];
+    }
+    idx
+}
+
+/// `[.., M, K] × [.., K, N]` in f64, three plain loops per output matrix.
+fn matmul(a: &[f64], sa: &[usize], b: &[f64], sb: &[usize], ta: bool, tb: bool, out: &[usize]) -> Vec<f64> {
+    let r = out.len();
+    let (m, n) = (out[r - 2], out[r - 1]);
+    let k = if ta { sa[sa.len() - 2] } else { sa[sa.len() - 1] };
+    let batch = &out[..r - 2];
+    let nb: usize = batch.iter().product();
+    let (st_a, st_b) = (
+        broadcast_strides(&sa[..sa.len() - 2], batch),
+        broadcast_strides(&sb[..sb.len() - 2], batch),
+    );
+    let mut y = vec![0.0; nb * m * n];
+    for bi in 0..nb {
+        let oa = operand_index(bi, batch, &st_a) * m * k;
+        let ob = operand_index(bi, batch, &st_b) * k * n;
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = 0.0;
+                for kk in 0..k {
+                    let av = if ta { a[oa + kk * m + i] } else { a[oa + i * k + kk] };
+                    let bv = if tb { b[ob + j * k + kk] } else { b[ob + kk * n + j] };
+                    acc += av * bv;
+                }
+                y[bi * m * n + i * n + j] = acc;
+            }
+        }
+    }
+    y
+}
+
+fn reduce(op: ReduceOp, x: &[f64], shape: &[usize], axis: usize) -> Vec<f64> {
+    let (outer, len, inner) = split_axis(shape, axis);
+    let mut y = vec![0.0; outer * inner];
+    for o in 0..outer {
+        for i in 0..inner {
+            let vals = (0..len).map(|k| x[(o * len + k) * inner + i]);
+            y[o * inner + i] = match op {
+                ReduceOp::Sum => vals.sum(),
+                ReduceOp::Mean => vals.sum::<f64>() / len as f64,
+                ReduceOp::Max => vals.fold(f64::NEG_INFINITY, f64::max),
+            };
+        }
+    }
+    y
+}
+
+/// Evaluates one non-source node in f64 (before rounding to its dtype).
+fn eval(node: &Node, ins: &[(&[f64], &[usize])], out: &[usize]) -> Result<Vec<f64>> {
+    let n: usize = out.iter().product();
+    Ok(match &node.op {
+        Op::Unary(u) => ins[0].0.iter().map(|&x| u.eval_f64(x)).collect(),
+        Op::Binary(b) => {
+            let st_a = broadcast_strides(ins[0].1, out);
+            let st_b = broadcast_strides(ins[1].1, out);
+            (0..n)
+                .map(|f| {
+                    let x = ins[0].0[operand_index(f, out, &st_a)];
+                    let y = ins[1].0[operand_index(f, out, &st_b)];
+                    b.eval_f64(x, y)
+                })
+                .collect()
+        }
+        Op::MatMul { transpose_a, transpose_b } => matmul(
+            ins[0].0,
+            ins[0].1,
+            ins[1].0,
+            ins[1].1,
+            *transpose_a,
+            *transpose_b,
+            out,
+        ),
+        Op::Reduce { op, axis } => reduce(*op, ins[0].0, ins[0].1, *axis),
+        Op::Cast { .. } => ins[0].0.to_vec(),
+        Op::Constant { values } => {
+            if values.len() == 1 {
+                vec![values[0]; n]
+            } else {
+                values.clone()
+            }
+        }
+        Op::Input { .. } | Op::Weight { .. } | Op::State { .. } | Op::WriteState { .. } => {
+            return Err(Error::InvalidGraph(format!("{} has no kernel", node.op.name())));
+        }
+    })
+}
+
+/// Runs the whole plan in f64.
+pub(super) fn run(plan: &Plan, args: &RunArgs<'_>) -> Result<Vec<Tensor>> {
+    let shapes = plan.shapes(args.bindings)?;
+    let mut vals: Vec<Vec<f64>> = Vec::with_capacity(plan.graph.nodes().len());
+    for (i, node) in plan.graph.nodes().iter().enumerate() {
+        let v = match &node.op {
+            Op::Input { name } => args
+                .inputs
+                .get(name)
+                .map(|t| t.data().to_f64_vec())
+                .ok_or_else(|| Error::MissingInput {
+                    name: name.clone(),
+                    shape: node.shape.to_string(),
+                    dtype: node.dtype,
+                })?,
+            Op::Weight { name } => {
+                let buf = args.weights.get(name).ok_or_else(|| Error::UnknownWeight {
+                    name: name.clone(),
+                    known: String::new(),
+                })?;
+                cpu_buffer(buf, name)?.read_lock().to_f64_vec()
+            }
+            Op::State { name } => state(args, name)?.read_lock().to_f64_vec(),
+            Op::WriteState { name, axis, offset } => {
+                let j = node.inputs[0].0;
+                let value = Storage::from_f32(node.dtype, vals[j].iter().map(|&x| x as f32).collect());
+                let off = resolve_offset(offset, args.bindings)?;
+                let buf = state(args, name)?;
+                let mut t = buf.tensor.write().unwrap_or_else(|e| e.into_inner());
+                write_state(name, &mut t, value.as_ref(), &shapes[j], *axis, off)?;
+                t.to_f64_vec()
+            }
+            _ => {
+                let ins: Vec<(&[f64], &[usize])> = node
+                    .inputs
+                    .iter()
+                    .map(|j| (vals[j.0].as_slice(), shapes[j.0].as_slice()))
+                    .collect();
+                eval(node, &ins, &shapes[i])?
+                    .into_iter()
+                    .map(|x| round_to(x, node.dtype))
+                    .collect()
+            }
+        };
+        vals.push(v);
+    }
+    plan.graph
+        .outputs()
+        .iter()
+        .map(|(_, id)| {
+            let v: Vec<f32> = vals[id.0].iter().map(|&x| x as f32).collect();
+            let dtype = plan.graph.nodes()[id.0].dtype;
+            let storage = match dtype {
+                DType::U32 => Storage::U32(vals[id.0].iter().map(|&x| x as u32).collect()),
+                DType::I32 => Storage::I32(vals[id.0].iter().map(|&x| x as i32).collect()),
+                _ => Storage::from_f32(dtype, v),
+            };
+            Tensor::from_storage(&shapes[id.0], storage)
+        })
+        .collect()
+}
+
+fn state<'a>(args: &RunArgs<'a>, name: &str) -> Result<&'a super::CpuBuffer> {
+    let buf = args.states.get(name).ok_or_else(|| Error::UnknownState {
+        name: name.to_string(),
+        known: String::new(),
+    })?;
+    cpu_buffer(buf, name)
+}

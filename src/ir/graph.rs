@@ -1,0 +1,465 @@
+//! The graph: nodes in topological order, named outputs, and the builder methods that infer each
+//! node's shape and dtype at creation (a mismatch is an `Err` right there, naming op and shapes).
+
+use crate::dtype::{DType, Rounding};
+use crate::error::{Error, Result};
+use crate::ir::op::{BinaryOp, Offset, Op, ReduceOp, UnaryOp};
+use crate::shape::{Dim, Shape};
+
+/// The index of a node in its graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub usize);
+
+/// One node: an op, its operands, and its output type.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    pub op: Op,
+    /// Operands, all earlier in the graph.
+    pub inputs: Vec<NodeId>,
+    pub shape: Shape,
+    /// Output storage dtype.
+    pub dtype: DType,
+    /// How the output is rounded into `dtype` (settled decision 4).
+    pub rounding: Rounding,
+    /// A precision policy must leave this node in f32 (e.g. a residual stream).
+    pub keep_f32: bool,
+}
+
+/// A computation: nodes in topological order (every operand precedes its user) plus named
+/// outputs.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Graph {
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) outputs: Vec<(String, NodeId)>,
+}
+
+fn shape_err(op: &'static str, a: &Shape, b: &Shape, detail: String) -> Error {
+    Error::ShapeMismatch {
+        op,
+        lhs: a.to_string(),
+        rhs: b.to_string(),
+        detail,
+    }
+}
+
+fn require_float(op: &'static str, dtype: DType) -> Result<()> {
+    if dtype.is_float() {
+        Ok(())
+    } else {
+        Err(Error::UnsupportedDType {
+            op,
+            dtype,
+            device: None,
+        })
+    }
+}
+
+impl Graph {
+    /// An empty graph.
+    pub fn new() -> Graph {
+        Graph::default()
+    }
+
+    /// The nodes, in topological order.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// One node; `Err` for an id that is not in this graph.
+    pub fn node(&self, id: NodeId) -> Result<&Node> {
+        self.nodes.get(id.0).ok_or_else(|| {
+            Error::InvalidGraph(format!(
+                "node %{} does not exist (the graph has {} nodes)",
+                id.0,
+                self.nodes.len()
+            ))
+        })
+    }
+
+    /// The named outputs.
+    pub fn outputs(&self) -> &[(String, NodeId)] {
+        &self.outputs
+    }
+
+    /// Marks `id` as the output `name`.
+    pub fn output(&mut self, name: &str, id: NodeId) -> Result<()> {
+        self.node(id)?;
+        if self.outputs.iter().any(|(n, _)| n == name) {
+            return Err(Error::InvalidGraph(format!("output `{name}` declared twice")));
+        }
+        self.outputs.push((name.to_string(), id));
+        Ok(())
+    }
+
+    /// Appends a node whose type was already inferred.
+    pub(crate) fn push(&mut self, node: Node) -> NodeId {
+        self.nodes.push(node);
+        NodeId(self.nodes.len() - 1)
+    }
+
+    fn source(&mut self, op: Op, shape: Shape, dtype: DType) -> NodeId {
+        self.push(Node {
+            op,
+            inputs: vec![],
+            shape,
+            dtype,
+            rounding: Rounding::NearestEven,
+            keep_f32: false,
+        })
+    }
+
+    /// A run-time input `name` (symbolic dims allowed: `[Dim::sym("seq", 2048), 64.into()]`).
+    pub fn input(&mut self, name: &str, shape: impl Into<Shape>, dtype: DType) -> NodeId {
+        let op = Op::Input {
+            name: name.to_string(),
+        };
+        self.source(op, shape.into(), dtype)
+    }
+
+    /// A weight `name`, loaded into the session with `Session::load_weight`.
+    pub fn weight(&mut self, name: &str, shape: impl Into<Shape>, dtype: DType) -> NodeId {
+        let op = Op::Weight {
+            name: name.to_string(),
+        };
+        self.source(op, shape.into(), dtype)
+    }
+
+    /// Reads the persistent state tensor `name` (created with `Session::create_state`).
+    pub fn state(&mut self, name: &str, shape: impl Into<Shape>, dtype: DType) -> NodeId {
+        let op = Op::State {
+            name: name.to_string(),
+        };
+        self.source(op, shape.into(), dtype)
+    }
+
+    /// A constant: one value splatted over `shape`, or one value per element.
+    pub fn constant(
+        &mut self,
+        values: &[f64],
+        shape: impl Into<Shape>,
+        dtype: DType,
+    ) -> Result<NodeId> {
+        let node = Node {
+            op: Op::Constant {
+                values: values.to_vec(),
+            },
+            inputs: vec![],
+            shape: shape.into(),
+            dtype,
+            rounding: Rounding::NearestEven,
+            keep_f32: false,
+        };
+        self.check_source(&node)?;
+        Ok(self.push(node))
+    }
+
+    /// Checks what a source node declares (constants: fixed shape, value count).
+    pub(crate) fn check_source(&self, node: &Node) -> Result<()> {
+        match &node.op {
+            Op::Constant { values } => {
+                if !node.shape.is_fixed() {
+                    return Err(Error::InvalidArgument {
+                        op: "constant",
+                        msg: format!("shape {} must be fixed", node.shape),
+                    });
+                }
+                let n = node.shape.max_numel();
+                if values.len() != 1 && values.len() != n {
+                    return Err(Error::DataLength {
+                        shape: node.shape.to_string(),
+                        expected: n,
+                        got: values.len(),
+                    });
+                }
+                Ok(())
+            }
+            Op::Input { name } | Op::Weight { name } | Op::State { name } => {
+                if name.is_empty()
+                    || !name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c))
+                {
+                    return Err(Error::InvalidArgument {
+                        op: node.op.name(),
+                        msg: format!("name `{name}`: use letters, digits and _ . - / only"),
+                    });
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes `value` into state `name` at `offset` along `axis`, in place. The state must be
+    /// read by a `state` node of this graph first (which declares its shape and dtype).
+    pub fn write_state(
+        &mut self,
+        name: &str,
+        value: NodeId,
+        axis: usize,
+        offset: Offset,
+    ) -> Result<NodeId> {
+        let op = Op::WriteState {
+            name: name.to_string(),
+            axis,
+            offset,
+        };
+        self.op(op, vec![value])
+    }
+
+    /// `a @ b` for `[.., M, K] × [.., K, N]`.
+    pub fn matmul(&mut self, a: NodeId, b: NodeId) -> Result<NodeId> {
+        self.matmul_t(a, b, false, false)
+    }
+
+    /// Matmul with optional transposes: `a` is `[.., K, M]` when `transpose_a`, `b` is
+    /// `[.., N, K]` when `transpose_b`.
+    pub fn matmul_t(&mut self, a: NodeId, b: NodeId, ta: bool, tb: bool) -> Result<NodeId> {
+        let op = Op::MatMul {
+            transpose_a: ta,
+            transpose_b: tb,
+        };
+        self.op(op, vec![a, b])
+    }
+
+    /// An elementwise op of one operand.
+    pub fn unary(&mut self, op: UnaryOp, x: NodeId) -> Result<NodeId> {
+        self.op(Op::Unary(op), vec![x])
+    }
+
+    /// An elementwise op of two operands, with broadcasting.
+    pub fn binary(&mut self, op: BinaryOp, a: NodeId, b: NodeId) -> Result<NodeId> {
+        self.op(Op::Binary(op), vec![a, b])
+    }
+
+    /// `a + b` with broadcasting.
+    pub fn add(&mut self, a: NodeId, b: NodeId) -> Result<NodeId> {
+        self.binary(BinaryOp::Add, a, b)
+    }
+
+    /// `a - b` with broadcasting.
+    pub fn sub(&mut self, a: NodeId, b: NodeId) -> Result<NodeId> {
+        self.binary(BinaryOp::Sub, a, b)
+    }
+
+    /// `a * b` with broadcasting.
+    pub fn mul(&mut self, a: NodeId, b: NodeId) -> Result<NodeId> {
+        self.binary(BinaryOp::Mul, a, b)
+    }
+
+    /// `a / b` with broadcasting.
+    pub fn div(&mut self, a: NodeId, b: NodeId) -> Result<NodeId> {
+        self.binary(BinaryOp::Div, a, b)
+    }
+
+    /// `max(a, b)` with broadcasting.
+    pub fn maximum(&mut self, a: NodeId, b: NodeId) -> Result<NodeId> {
+        self.binary(BinaryOp::Max, a, b)
+    }
+
+    /// A reduction over `axis` (kept with size 1).
+    pub fn reduce(&mut self, op: ReduceOp, x: NodeId, axis: usize) -> Result<NodeId> {
+        self.op(Op::Reduce { op, axis }, vec![x])
+    }
+
+    /// Converts `x` to `to`, rounding to nearest even.
+    pub fn cast(&mut self, x: NodeId, to: DType) -> Result<NodeId> {
+        self.cast_with(x, to, Rounding::NearestEven)
+    }
+
+    /// Converts `x` to `to` with the given rounding.
+    pub fn cast_with(&mut self, x: NodeId, to: DType, rounding: Rounding) -> Result<NodeId> {
+        self.op(Op::Cast { to, rounding }, vec![x])
+    }
+
+    /// Marks a node keep-f32 (a precision policy leaves it in f32).
+    pub fn keep_f32(&mut self, id: NodeId) -> Result<()> {
+        self.node(id)?;
+        self.nodes[id.0].keep_f32 = true;
+        Ok(())
+    }
+
+    /// Appends a non-source op after inferring its type.
+    pub fn op(&mut self, op: Op, inputs: Vec<NodeId>) -> Result<NodeId> {
+        let (shape, dtype) = self.infer(&op, &inputs, self.nodes.len())?;
+        let rounding = match &op {
+            Op::Cast { rounding, .. } => *rounding,
+            _ => Rounding::NearestEven,
+        };
+        Ok(self.push(Node {
+            op,
+            inputs,
+            shape,
+            dtype,
+            rounding,
+            keep_f32: false,
+        }))
+    }
+
+    /// Infers the output shape and dtype of `op` applied to `inputs`, as node number `at` (only
+    /// earlier nodes may be operands). Used by the builder and by `validate`.
+    pub(crate) fn infer(&self, op: &Op, inputs: &[NodeId], at: usize) -> Result<(Shape, DType)> {
+        let name = op.name();
+        if inputs.len() != op.arity() {
+            return Err(Error::InvalidGraph(format!(
+                "{name} takes {} operands, got {}",
+                op.arity(),
+                inputs.len()
+            )));
+        }
+        let mut ins = Vec::with_capacity(inputs.len());
+        for &i in inputs {
+            if i.0 >= at {
+                return Err(Error::InvalidGraph(format!(
+                    "{name} at %{at} reads %{}, which does not precede it",
+                    i.0
+                )));
+            }
+            ins.push(self.node(i)?);
+        }
+        match op {
+            Op::Input { .. } | Op::Weight { .. } | Op::State { .. } | Op::Constant { .. } => {
+                Err(Error::InvalidGraph(format!(
+                    "{name} is a source: add it with its builder method"
+                )))
+            }
+            Op::Unary(_) => {
+                require_float(name, ins[0].dtype)?;
+                Ok((ins[0].shape.clone(), ins[0].dtype))
+            }
+            Op::Binary(_) => {
+                let (a, b) = (ins[0], ins[1]);
+                require_float(name, a.dtype)?;
+                if a.dtype != b.dtype {
+                    return Err(Error::DTypeMismatch {
+                        op: name,
+                        lhs: a.dtype,
+                        rhs: b.dtype,
+                    });
+                }
+                Ok((Shape::broadcast(name, &a.shape, &b.shape)?, a.dtype))
+            }
+            Op::Cast { to, .. } => Ok((ins[0].shape.clone(), *to)),
+            Op::Reduce { axis, .. } => {
+                require_float(name, ins[0].dtype)?;
+                let mut dims = ins[0].shape.0.clone();
+                if *axis >= dims.len() {
+                    return Err(Error::InvalidArgument {
+                        op: name,
+                        msg: format!("axis {axis} out of range for shape {}", ins[0].shape),
+                    });
+                }
+                dims[*axis] = Dim::Fixed(1);
+                Ok((Shape(dims), ins[0].dtype))
+            }
+            Op::MatMul {
+                transpose_a,
+                transpose_b,
+            } => infer_matmul(ins[0], ins[1], *transpose_a, *transpose_b),
+            Op::WriteState { name: s, axis, .. } => {
+                let state = self.nodes[..at]
+                    .iter()
+                    .find(|n| matches!(&n.op, Op::State { name } if name == s))
+                    .ok_or_else(|| Error::UnknownState {
+                        name: s.clone(),
+                        known: "(write_state needs a `state` node of the same name earlier in the graph)"
+                            .to_string(),
+                    })?;
+                infer_write(state, ins[0], *axis)
+            }
+        }
+    }
+}
+
+fn infer_matmul(a: &Node, b: &Node, ta: bool, tb: bool) -> Result<(Shape, DType)> {
+    let op = "matmul";
+    require_float(op, a.dtype)?;
+    if a.dtype != b.dtype {
+        return Err(Error::DTypeMismatch {
+            op,
+            lhs: a.dtype,
+            rhs: b.dtype,
+        });
+    }
+    if a.shape.rank() < 2 || b.shape.rank() < 2 {
+        return Err(shape_err(
+            op,
+            &a.shape,
+            &b.shape,
+            "both operands need rank ≥ 2".to_string(),
+        ));
+    }
+    let (ra, rb) = (a.shape.rank(), b.shape.rank());
+    let (m, ka) = if ta {
+        (&a.shape.0[ra - 1], &a.shape.0[ra - 2])
+    } else {
+        (&a.shape.0[ra - 2], &a.shape.0[ra - 1])
+    };
+    let (kb, n) = if tb {
+        (&b.shape.0[rb - 1], &b.shape.0[rb - 2])
+    } else {
+        (&b.shape.0[rb - 2], &b.shape.0[rb - 1])
+    };
+    if ka != kb {
+        return Err(shape_err(
+            op,
+            &a.shape,
+            &b.shape,
+            format!("inner dimensions {ka} and {kb} differ (transpose_a={ta}, transpose_b={tb})"),
+        ));
+    }
+    let batch = Shape::broadcast(
+        op,
+        &Shape(a.shape.0[..ra - 2].to_vec()),
+        &Shape(b.shape.0[..rb - 2].to_vec()),
+    )
+    .map_err(|_| {
+        shape_err(
+            op,
+            &a.shape,
+            &b.shape,
+            "batch dimensions do not broadcast".to_string(),
+        )
+    })?;
+    let mut dims = batch.0;
+    dims.push(m.clone());
+    dims.push(n.clone());
+    Ok((Shape(dims), a.dtype))
+}
+
+fn infer_write(state: &Node, value: &Node, axis: usize) -> Result<(Shape, DType)> {
+    let op = "write_state";
+    if value.dtype != state.dtype {
+        return Err(Error::DTypeMismatch {
+            op,
+            lhs: state.dtype,
+            rhs: value.dtype,
+        });
+    }
+    let (s, v) = (&state.shape, &value.shape);
+    if s.rank() != v.rank() || axis >= s.rank() {
+        return Err(shape_err(
+            op,
+            s,
+            v,
+            format!("state and value need the same rank with axis {axis} inside it"),
+        ));
+    }
+    for (i, (ds, dv)) in s.0.iter().zip(&v.0).enumerate() {
+        let ok = if i == axis {
+            dv.max() <= ds.max()
+        } else {
+            ds == dv
+        };
+        if !ok {
+            return Err(shape_err(
+                op,
+                s,
+                v,
+                format!("dimension {i}: value {dv} does not fit state {ds}"),
+            ));
+        }
+    }
+    Ok((s.clone(), state.dtype))
+}
+

@@ -1,0 +1,9 @@
+//! The intermediate representation: ops, the graph and its builder, the text form, and passes.
+
+pub mod graph;
+pub mod op;
+pub mod passes;
+mod text;
+
+pub use graph::{Graph, Node, NodeId};
+pub use op::{BinaryOp, Offset, Op, ReduceOp, UnaryOp};

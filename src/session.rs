@@ -1,0 +1,329 @@
+//! A session: one device, its named weights and persistent state, and the programs compiled for
+//! it. Compile once, run many times with named inputs and bound symbolic dimensions.
+//!
+//! Weights are uploaded once, in the storage dtype chosen at load (rounded to nearest even).
+//! States outlive runs and are shared by every program compiled in the session (a prefill and a
+//! decode program share one KV cache). A run checks every input, weight and state against the
+//! graph and returns an `Err` naming the mismatch; it never panics.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::backend::{DeviceBuffer, Device, Program, RunArgs};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::ir::passes::{dce, validate};
+use crate::ir::{Graph, Offset, Op};
+use crate::shape::{Bindings, Dim, Shape, fmt_dims};
+use crate::tensor::{Tensor, TensorView};
+
+/// A graph compiled for a session's device. Reusable across runs and bound lengths.
+pub struct Compiled {
+    graph: Graph,
+    program: Box<dyn Program>,
+    /// Per-run scalars used as write offsets (bound like symbolic dims).
+    scalars: Vec<String>,
+}
+
+impl Compiled {
+    /// The graph as compiled (after validation and dead-node elimination).
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+}
+
+/// The outputs of one run, by name, in the graph's output order.
+#[derive(Debug, Clone)]
+pub struct Outputs(Vec<(String, Tensor)>);
+
+impl Outputs {
+    /// The output `name`.
+    pub fn get(&self, name: &str) -> Result<&Tensor> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t)
+            .ok_or_else(|| {
+                Error::InvalidGraph(format!(
+                    "no output `{name}`; outputs: {}",
+                    self.0.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+                ))
+            })
+    }
+
+    /// Every output, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.0.iter().map(|(n, t)| (n.as_str(), t))
+    }
+
+    /// Consumes the outputs.
+    pub fn into_vec(self) -> Vec<(String, Tensor)> {
+        self.0
+    }
+}
+
+/// A device with its weights, states and run counter.
+pub struct Session {
+    device: Device,
+    weights: HashMap<String, Arc<dyn DeviceBuffer>>,
+    states: HashMap<String, Arc<dyn DeviceBuffer>>,
+    seed: u64,
+    counter: u64,
+}
+
+fn names<V>(m: &HashMap<String, V>) -> String {
+    let mut v: Vec<&str> = m.keys().map(String::as_str).collect();
+    v.sort_unstable();
+    if v.is_empty() {
+        "(none)".to_string()
+    } else {
+        v.join(", ")
+    }
+}
+
+fn check_buffer(kind: &'static str, name: &str, buf: &dyn DeviceBuffer, shape: &Shape, dtype: DType) -> Result<()> {
+    let want = shape.max_dims();
+    if buf.shape() != want || buf.dtype() != dtype {
+        return Err(Error::TensorMismatch {
+            kind,
+            name: name.to_string(),
+            expected: format!("{dtype}{shape}"),
+            got: format!("{}{}", buf.dtype(), fmt_dims(&buf.shape())),
+        });
+    }
+    Ok(())
+}
+
+impl Session {
+    /// A session on `device`, with no weights or states, seed 0 and run counter 0.
+    pub fn new(device: &Device) -> Session {
+        Session {
+            device: device.clone(),
+            weights: HashMap::new(),
+            states: HashMap::new(),
+            seed: 0,
+            counter: 0,
+        }
+    }
+
+    /// The session's device.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Uploads weight `name` once, stored as `dtype` (converted with round to nearest even).
+    /// Loading the same name again replaces it.
+    pub fn load_weight(&mut self, name: &str, tensor: TensorView<'_>, dtype: DType) -> Result<()> {
+        let buf = if tensor.dtype() == dtype {
+            self.device.backend().upload(tensor)?
+        } else {
+            let converted = convert(tensor, dtype)?;
+            self.device.backend().upload(converted.view())?
+        };
+        self.weights.insert(name.to_string(), buf);
+        Ok(())
+    }
+
+    /// Creates (or resets) the persistent state `name`, filled with zeros.
+    pub fn create_state(&mut self, name: &str, shape: &[usize], dtype: DType) -> Result<()> {
+        let zeros = Tensor::zeros(shape, dtype);
+        let buf = self.device.backend().upload(zeros.view())?;
+        self.states.insert(name.to_string(), buf);
+        Ok(())
+    }
+
+    /// Replaces the contents of state `name` (creating it when new).
+    pub fn set_state(&mut self, name: &str, tensor: TensorView<'_>) -> Result<()> {
+        let buf = self.device.backend().upload(tensor)?;
+        self.states.insert(name.to_string(), buf);
+        Ok(())
+    }
+
+    /// Copies state `name` back to the host.
+    pub fn read_state(&self, name: &str) -> Result<Tensor> {
+        self.states
+            .get(name)
+            .ok_or_else(|| Error::UnknownState {
+                name: name.to_string(),
+                known: names(&self.states),
+            })?
+            .read()
+    }
+
+    /// Pins the stochastic-rounding seed and run counter (to reproduce a run). The counter
+    /// advances by one at every run.
+    pub fn set_seed(&mut self, seed: u64, counter: u64) {
+        self.seed = seed;
+        self.counter = counter;
+    }
+
+    /// The run counter the next run will use.
+    pub fn counter(&self) -> u64 {
+        self.counter
+    }
+
+    /// Validates `graph`, removes dead nodes and compiles it for the session's device.
+    pub fn compile(&self, graph: &Graph) -> Result<Compiled> {
+        validate(graph)?;
+        let graph = dce(graph);
+        let backend = self.device.backend();
+        for (i, node) in graph.nodes().iter().enumerate() {
+            if let Err(why) = backend.supports(&graph, crate::ir::NodeId(i)) {
+                return Err(Error::Unsupported(format!(
+                    "%{i} ({}) on device {}: {why}",
+                    node.op.name(),
+                    self.device.info().name
+                )));
+            }
+        }
+        let program = backend.compile(&graph)?;
+        let mut scalars = Vec::new();
+        for node in graph.nodes() {
+            if let Op::WriteState { offset: Offset::Sym(s), .. } = &node.op {
+                if !scalars.contains(s) {
+                    scalars.push(s.clone());
+                }
+            }
+        }
+        Ok(Compiled {
+            graph,
+            program,
+            scalars,
+        })
+    }
+
+    /// Runs `program` with named `inputs` (borrowed, never copied when the dtype matches) and
+    /// `bindings` for symbolic dimensions and per-run scalars. Symbolic dimensions of inputs are
+    /// bound from the inputs' shapes; `bindings` may give them too, and must give every other
+    /// symbol. Advances the run counter.
+    pub fn run(
+        &mut self,
+        program: &Compiled,
+        inputs: &[(&str, TensorView<'_>)],
+        bindings: &[(&str, usize)],
+    ) -> Result<Outputs> {
+        let graph = &program.graph;
+        let mut bound = Bindings::new();
+        for &(name, value) in bindings {
+            bound.bind(name, value)?;
+        }
+        let mut by_name: HashMap<String, TensorView<'_>> = HashMap::with_capacity(inputs.len());
+        let declared: Vec<(&str, &crate::ir::Node)> = graph
+            .nodes()
+            .iter()
+            .filter_map(|n| match &n.op {
+                Op::Input { name } => Some((name.as_str(), n)),
+                _ => None,
+            })
+            .collect();
+        for &(name, view) in inputs {
+            let Some(&(_, node)) = declared.iter().find(|(n, _)| *n == name) else {
+                return Err(Error::UnknownInput {
+                    name: name.to_string(),
+                    known: declared.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
+                });
+            };
+            bind_input(name, view, &node.shape, node.dtype, &mut bound)?;
+            by_name.insert(name.to_string(), view);
+        }
+        for (name, node) in &declared {
+            if !by_name.contains_key(*name) {
+                return Err(Error::MissingInput {
+                    name: name.to_string(),
+                    shape: node.shape.to_string(),
+                    dtype: node.dtype,
+                });
+            }
+        }
+        // Every symbol of the graph must be bound, within its maximum.
+        for node in graph.nodes() {
+            for (sym, max) in node.shape.symbols() {
+                let value = bound.get(sym)?;
+                if value > max {
+                    return Err(Error::DimOverMax {
+                        name: sym.to_string(),
+                        value,
+                        max,
+                    });
+                }
+            }
+        }
+        for s in &program.scalars {
+            bound.get(s)?;
+        }
+        for node in graph.nodes() {
+            match &node.op {
+                Op::Weight { name } => {
+                    let buf = self.weights.get(name).ok_or_else(|| Error::UnknownWeight {
+                        name: name.clone(),
+                        known: names(&self.weights),
+                    })?;
+                    check_buffer("weight", name, buf.as_ref(), &node.shape, node.dtype)?;
+                }
+                Op::State { name } => {
+                    let buf = self.states.get(name).ok_or_else(|| Error::UnknownState {
+                        name: name.clone(),
+                        known: names(&self.states),
+                    })?;
+                    check_buffer("state", name, buf.as_ref(), &node.shape, node.dtype)?;
+                }
+                _ => {}
+            }
+        }
+        let args = RunArgs {
+            inputs: &by_name,
+            bindings: &bound,
+            weights: &self.weights,
+            states: &self.states,
+            seed: self.seed,
+            counter: self.counter,
+        };
+        let pending = program.program.submit(args)?;
+        let tensors = pending.wait()?;
+        self.counter = self.counter.wrapping_add(1);
+        Ok(Outputs(
+            graph
+                .outputs()
+                .iter()
+                .map(|(n, _)| n.clone())
+                .zip(tensors)
+                .collect(),
+        ))
+    }
+}
+
+/// Checks an input view against its declaration and binds the symbols it determines.
+fn bind_input(name: &str, view: TensorView<'_>, shape: &Shape, dtype: DType, bound: &mut Bindings) -> Result<()> {
+    let mismatch = || Error::TensorMismatch {
+        kind: "input",
+        name: name.to_string(),
+        expected: format!("{dtype}{shape}"),
+        got: format!("{}{}", view.dtype(), fmt_dims(view.shape())),
+    };
+    if view.dtype() != dtype || view.shape().len() != shape.rank() {
+        return Err(mismatch());
+    }
+    for (d, &got) in shape.dims().iter().zip(view.shape()) {
+        match d {
+            Dim::Fixed(n) if *n != got => return Err(mismatch()),
+            Dim::Fixed(_) => {}
+            Dim::Sym(sym, max) => {
+                if got > *max {
+                    return Err(Error::DimOverMax {
+                        name: sym.clone(),
+                        value: got,
+                        max: *max,
+                    });
+                }
+                bound.bind(sym, got)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Converts a host tensor to `dtype` (floats round to nearest even).
+fn convert(t: TensorView<'_>, dtype: DType) -> Result<Tensor> {
+    let storage = crate::backend::cpu::cast_storage(t.data(), dtype);
+    Tensor::from_storage(t.shape(), storage)
+}
