@@ -83,7 +83,9 @@ impl FromStr for DType {
         DType::ALL
             .into_iter()
             .find(|d| d.name() == s)
-            .ok_or_else(|| Error::Unsupported(format!("unknown dtype `{s}` (f32, f16, bf16, u32, i32)")))
+            .ok_or_else(|| {
+                Error::Unsupported(format!("unknown dtype `{s}` (f32, f16, bf16, u32, i32)"))
+            })
     }
 }
 

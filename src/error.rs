@@ -87,7 +87,9 @@ pub enum Error {
         got: usize,
     },
     /// A write into a state tensor that would fall outside it.
-    #[error("write into state `{name}` at offset {offset} of {len} rows along axis {axis} exceeds its size {size}")]
+    #[error(
+        "write into state `{name}` at offset {offset} of {len} rows along axis {axis} exceeds its size {size}"
+    )]
     StateWriteOutOfRange {
         name: String,
         axis: usize,

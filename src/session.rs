@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::backend::{DeviceBuffer, Device, Program, RunArgs};
+use crate::backend::{Device, DeviceBuffer, Program, RunArgs};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ir::passes::{dce, validate};
@@ -46,7 +46,11 @@ impl Outputs {
             .ok_or_else(|| {
                 Error::InvalidGraph(format!(
                     "no output `{name}`; outputs: {}",
-                    self.0.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+                    self.0
+                        .iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ))
             })
     }
@@ -81,7 +85,13 @@ fn names<V>(m: &HashMap<String, V>) -> String {
     }
 }
 
-fn check_buffer(kind: &'static str, name: &str, buf: &dyn DeviceBuffer, shape: &Shape, dtype: DType) -> Result<()> {
+fn check_buffer(
+    kind: &'static str,
+    name: &str,
+    buf: &dyn DeviceBuffer,
+    shape: &Shape,
+    dtype: DType,
+) -> Result<()> {
     let want = shape.max_dims();
     if buf.shape() != want || buf.dtype() != dtype {
         return Err(Error::TensorMismatch {
@@ -179,10 +189,13 @@ impl Session {
         let program = backend.compile(&graph)?;
         let mut scalars = Vec::new();
         for node in graph.nodes() {
-            if let Op::WriteState { offset: Offset::Sym(s), .. } = &node.op {
-                if !scalars.contains(s) {
-                    scalars.push(s.clone());
-                }
+            if let Op::WriteState {
+                offset: Offset::Sym(s),
+                ..
+            } = &node.op
+                && !scalars.contains(s)
+            {
+                scalars.push(s.clone());
             }
         }
         Ok(Compiled {
@@ -220,7 +233,11 @@ impl Session {
             let Some(&(_, node)) = declared.iter().find(|(n, _)| *n == name) else {
                 return Err(Error::UnknownInput {
                     name: name.to_string(),
-                    known: declared.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
+                    known: declared
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 });
             };
             bind_input(name, view, &node.shape, node.dtype, &mut bound)?;
@@ -293,7 +310,13 @@ impl Session {
 }
 
 /// Checks an input view against its declaration and binds the symbols it determines.
-fn bind_input(name: &str, view: TensorView<'_>, shape: &Shape, dtype: DType, bound: &mut Bindings) -> Result<()> {
+fn bind_input(
+    name: &str,
+    view: TensorView<'_>,
+    shape: &Shape,
+    dtype: DType,
+    bound: &mut Bindings,
+) -> Result<()> {
     let mismatch = || Error::TensorMismatch {
         kind: "input",
         name: name.to_string(),

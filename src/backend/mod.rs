@@ -153,7 +153,11 @@ pub struct Device {
 
 impl fmt::Debug for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Device({} [{}/{}])", self.info.name, self.info.backend, self.info.api)
+        write!(
+            f,
+            "Device({} [{}/{}])",
+            self.info.name, self.info.backend, self.info.api
+        )
     }
 }
 
@@ -218,10 +222,11 @@ impl Device {
                     return devices.get(i).cloned().ok_or_else(|| unknown(q));
                 }
                 let ql = q.to_lowercase();
-                if ql == "cpu" {
-                    if let Some(d) = devices.iter().find(|d| d.info.backend == "cpu") {
-                        return Ok(d.clone());
-                    }
+                if let Some(d) = devices
+                    .iter()
+                    .find(|d| ql == "cpu" && d.info.backend == "cpu")
+                {
+                    return Ok(d.clone());
                 }
                 devices
                     .iter()
@@ -259,7 +264,10 @@ pub fn describe(devices: &[Device]) -> String {
         .enumerate()
         .map(|(i, d)| {
             let i2 = &d.info;
-            format!("  [{i}] {} ({}/{}, {})", i2.name, i2.backend, i2.api, i2.device_type)
+            format!(
+                "  [{i}] {} ({}/{}, {})",
+                i2.name, i2.backend, i2.api, i2.device_type
+            )
         })
         .collect::<Vec<_>>()
         .join("\n")

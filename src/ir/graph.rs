@@ -85,7 +85,9 @@ impl Graph {
     pub fn output(&mut self, name: &str, id: NodeId) -> Result<()> {
         self.node(id)?;
         if self.outputs.iter().any(|(n, _)| n == name) {
-            return Err(Error::InvalidGraph(format!("output `{name}` declared twice")));
+            return Err(Error::InvalidGraph(format!(
+                "output `{name}` declared twice"
+            )));
         }
         self.outputs.push((name.to_string(), id));
         Ok(())
@@ -462,4 +464,3 @@ fn infer_write(state: &Node, value: &Node, axis: usize) -> Result<(Shape, DType)
     }
     Ok((s.clone(), state.dtype))
 }
-

@@ -152,7 +152,10 @@ pub enum Op {
     },
     /// Batched matmul `[.., M, K] × [.., K, N] → [.., M, N]` with broadcast batch dims and
     /// optional transposes of either operand; accumulates in f32.
-    MatMul { transpose_a: bool, transpose_b: bool },
+    MatMul {
+        transpose_a: bool,
+        transpose_b: bool,
+    },
     /// Elementwise op of one operand.
     Unary(UnaryOp),
     /// Elementwise op of two operands with broadcasting.

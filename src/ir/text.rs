@@ -73,7 +73,9 @@ fn parse_dim(line: usize, s: &str) -> Result<Dim> {
 
 /// `f32[2,seq<=8] sr(3) keep_f32` → dtype, shape, rounding, keep flag.
 fn parse_type(line: usize, s: &str) -> Result<(DType, Shape, Rounding, bool)> {
-    let open = s.find('[').ok_or_else(|| perr(line, "expected dtype[shape]"))?;
+    let open = s
+        .find('[')
+        .ok_or_else(|| perr(line, "expected dtype[shape]"))?;
     let close = s.find(']').ok_or_else(|| perr(line, "unclosed shape"))?;
     let dtype: DType = s[..open]
         .trim()
@@ -128,7 +130,10 @@ impl Graph {
                 .ok_or_else(|| perr(line, "expected `%id: type`"))?;
             let id = parse_id(line, id)?;
             if id != g.nodes.len() {
-                return Err(perr(line, format!("expected node %{}, got %{id}", g.nodes.len())));
+                return Err(perr(
+                    line,
+                    format!("expected node %{}, got %{id}", g.nodes.len()),
+                ));
             }
             let (dtype, shape, rounding, keep_f32) = parse_type(line, ty)?;
             let args_at = rhs

@@ -67,10 +67,7 @@ pub(crate) fn eval(
         }
         Op::Reduce { op, axis } => reduce(*op, &as_f32(ins[0].0), ins[0].1, *axis),
         Op::Cast { to, .. } => return Ok(cast(ins[0].0, *to)),
-        Op::Input { .. }
-        | Op::Weight { .. }
-        | Op::State { .. }
-        | Op::WriteState { .. } => {
+        Op::Input { .. } | Op::Weight { .. } | Op::State { .. } | Op::WriteState { .. } => {
             return Err(Error::InvalidGraph(format!(
                 "{} is not evaluated by a kernel",
                 node.op.name()
@@ -128,7 +125,10 @@ fn binary(
     // Broadcast: walk rows of the innermost dimension; each row has one base offset per operand.
     let rank = out_shape.len();
     let inner = out_shape[rank - 1];
-    let (ta, tb) = (broadcast_strides(sa, out_shape), broadcast_strides(sb, out_shape));
+    let (ta, tb) = (
+        broadcast_strides(sa, out_shape),
+        broadcast_strides(sb, out_shape),
+    );
     let (ia, ib) = (ta[rank - 1], tb[rank - 1]);
     let rows_per_task = (CHUNK / inner.max(1)).max(1);
     out.par_chunks_mut(inner * rows_per_task)

@@ -25,7 +25,11 @@ pub(crate) fn matmul(
 ) -> Vec<f32> {
     let r = out_shape.len();
     let (m, n) = (out_shape[r - 2], out_shape[r - 1]);
-    let k = if ta { sa[sa.len() - 2] } else { sa[sa.len() - 1] };
+    let k = if ta {
+        sa[sa.len() - 2]
+    } else {
+        sa[sa.len() - 1]
+    };
     let batch = &out_shape[..r - 2];
     let nb: usize = batch.iter().product();
     let total = nb * m * n;

@@ -124,7 +124,10 @@ impl Backend for CpuBackend {
                 format!("CPU: {}", cpu_model()),
                 vec![
                     ("threads".to_string(), self.threads.to_string()),
-                    ("matmul".to_string(), "gemm crate (f16/bf16 via F16C block conversion)".to_string()),
+                    (
+                        "matmul".to_string(),
+                        "gemm crate (f16/bf16 via F16C block conversion)".to_string(),
+                    ),
                 ],
             ),
             Mode::Reference => (
@@ -271,7 +274,15 @@ fn write_state(
             size: s_len,
         });
     }
-    fn copy<T: Copy>(dst: &mut [T], src: &[T], o: usize, s_len: usize, v_len: usize, inner: usize, off: usize) {
+    fn copy<T: Copy>(
+        dst: &mut [T],
+        src: &[T],
+        o: usize,
+        s_len: usize,
+        v_len: usize,
+        inner: usize,
+        off: usize,
+    ) {
         for b in 0..o {
             let d = (b * s_len + off) * inner;
             let s = b * v_len * inner;
@@ -365,11 +376,14 @@ impl CpuProgram {
                     Some(g) => Val::Ref(g.storage().as_ref()),
                     None => return Err(Error::InvalidGraph("weight lock lost".to_string())),
                 },
-                Op::State { name } => Val::Own(self.state(args, name)?.read_lock().storage().clone()),
+                Op::State { name } => {
+                    Val::Own(self.state(args, name)?.read_lock().storage().clone())
+                }
                 Op::WriteState { name, axis, offset } => {
                     let off = resolve_offset(offset, args.bindings)?;
                     let value = vals[node.inputs[0].0].as_ref().map(Val::get);
-                    let value = value.ok_or_else(|| Error::InvalidGraph(format!("%{i}: operand freed")))?;
+                    let value =
+                        value.ok_or_else(|| Error::InvalidGraph(format!("%{i}: operand freed")))?;
                     let buf = self.state(args, name)?;
                     let mut t = buf.tensor.write().unwrap_or_else(|e| e.into_inner());
                     write_state(name, &mut t, value, &shapes[node.inputs[0].0], *axis, off)?;
@@ -423,7 +437,6 @@ impl CpuProgram {
         cpu_buffer(buf, name)
     }
 }
-
 
 /// Converts storage to `dtype` with the cast op's rules (used when loading weights).
 pub fn cast_storage(x: StorageRef<'_>, to: DType) -> Storage {

@@ -34,10 +34,22 @@ fn operand_index(flat: usize, out_shape: &[usize], st: &[usize]) -> usize {
 }
 
 /// `[.., M, K] × [.., K, N]` in f64, three plain loops per output matrix.
-fn matmul(a: &[f64], sa: &[usize], b: &[f64], sb: &[usize], ta: bool, tb: bool, out: &[usize]) -> Vec<f64> {
+fn matmul(
+    a: &[f64],
+    sa: &[usize],
+    b: &[f64],
+    sb: &[usize],
+    ta: bool,
+    tb: bool,
+    out: &[usize],
+) -> Vec<f64> {
     let r = out.len();
     let (m, n) = (out[r - 2], out[r - 1]);
-    let k = if ta { sa[sa.len() - 2] } else { sa[sa.len() - 1] };
+    let k = if ta {
+        sa[sa.len() - 2]
+    } else {
+        sa[sa.len() - 1]
+    };
     let batch = &out[..r - 2];
     let nb: usize = batch.iter().product();
     let (st_a, st_b) = (
@@ -52,8 +64,16 @@ fn matmul(a: &[f64], sa: &[usize], b: &[f64], sb: &[usize], ta: bool, tb: bool, 
             for j in 0..n {
                 let mut acc = 0.0;
                 for kk in 0..k {
-                    let av = if ta { a[oa + kk * m + i] } else { a[oa + i * k + kk] };
-                    let bv = if tb { b[ob + j * k + kk] } else { b[ob + kk * n + j] };
+                    let av = if ta {
+                        a[oa + kk * m + i]
+                    } else {
+                        a[oa + i * k + kk]
+                    };
+                    let bv = if tb {
+                        b[ob + j * k + kk]
+                    } else {
+                        b[ob + kk * n + j]
+                    };
                     acc += av * bv;
                 }
                 y[bi * m * n + i * n + j] = acc;
@@ -80,7 +100,7 @@ fn reduce(op: ReduceOp, x: &[f64], shape: &[usize], axis: usize) -> Vec<f64> {
 }
 
 /// Evaluates one non-source node in f64 (before rounding to its dtype).
-fn eval(node: &Node, ins: &[(&[f64], &[usize])], out: &[usize]) -> Result<Vec<f64>> {
+fn eval(node: &Node, ins: &[(&[f64], &[usize], DType)], out: &[usize]) -> Result<Vec<f64>> {
     let n: usize = out.iter().product();
     Ok(match &node.op {
         Op::Unary(u) => ins[0].0.iter().map(|&x| u.eval_f64(x)).collect(),
@@ -95,7 +115,10 @@ fn eval(node: &Node, ins: &[(&[f64], &[usize])], out: &[usize]) -> Result<Vec<f6
                 })
                 .collect()
         }
-        Op::MatMul { transpose_a, transpose_b } => matmul(
+        Op::MatMul {
+            transpose_a,
+            transpose_b,
+        } => matmul(
             ins[0].0,
             ins[0].1,
             ins[1].0,
@@ -105,6 +128,18 @@ fn eval(node: &Node, ins: &[(&[f64], &[usize])], out: &[usize]) -> Result<Vec<f6
             out,
         ),
         Op::Reduce { op, axis } => reduce(*op, ins[0].0, ins[0].1, *axis),
+        // Integer → integer casts reinterpret two's complement (Rust `as`); the rest go through
+        // `round_to`, which saturates floats into integers.
+        Op::Cast { to: DType::U32, .. } if ins[0].2 == DType::I32 => ins[0]
+            .0
+            .iter()
+            .map(|&x| f64::from(x as i32 as u32))
+            .collect(),
+        Op::Cast { to: DType::I32, .. } if ins[0].2 == DType::U32 => ins[0]
+            .0
+            .iter()
+            .map(|&x| f64::from(x as u32 as i32))
+            .collect(),
         Op::Cast { .. } => ins[0].0.to_vec(),
         Op::Constant { values } => {
             if values.len() == 1 {
@@ -114,7 +149,10 @@ fn eval(node: &Node, ins: &[(&[f64], &[usize])], out: &[usize]) -> Result<Vec<f6
             }
         }
         Op::Input { .. } | Op::Weight { .. } | Op::State { .. } | Op::WriteState { .. } => {
-            return Err(Error::InvalidGraph(format!("{} has no kernel", node.op.name())));
+            return Err(Error::InvalidGraph(format!(
+                "{} has no kernel",
+                node.op.name()
+            )));
         }
     })
 }
@@ -144,7 +182,8 @@ pub(super) fn run(plan: &Plan, args: &RunArgs<'_>) -> Result<Vec<Tensor>> {
             Op::State { name } => state(args, name)?.read_lock().to_f64_vec(),
             Op::WriteState { name, axis, offset } => {
                 let j = node.inputs[0].0;
-                let value = Storage::from_f32(node.dtype, vals[j].iter().map(|&x| x as f32).collect());
+                let value =
+                    Storage::from_f32(node.dtype, vals[j].iter().map(|&x| x as f32).collect());
                 let off = resolve_offset(offset, args.bindings)?;
                 let buf = state(args, name)?;
                 let mut t = buf.tensor.write().unwrap_or_else(|e| e.into_inner());
@@ -152,10 +191,17 @@ pub(super) fn run(plan: &Plan, args: &RunArgs<'_>) -> Result<Vec<Tensor>> {
                 t.to_f64_vec()
             }
             _ => {
-                let ins: Vec<(&[f64], &[usize])> = node
+                let nodes = plan.graph.nodes();
+                let ins: Vec<(&[f64], &[usize], DType)> = node
                     .inputs
                     .iter()
-                    .map(|j| (vals[j.0].as_slice(), shapes[j.0].as_slice()))
+                    .map(|j| {
+                        (
+                            vals[j.0].as_slice(),
+                            shapes[j.0].as_slice(),
+                            nodes[j.0].dtype,
+                        )
+                    })
                     .collect();
                 eval(node, &ins, &shapes[i])?
                     .into_iter()

@@ -15,7 +15,9 @@ pub fn validate(graph: &Graph) -> Result<()> {
     for (i, node) in graph.nodes.iter().enumerate() {
         if node.op.is_source() {
             if !node.inputs.is_empty() {
-                return Err(Error::InvalidGraph(format!("%{i}: a source takes no operands")));
+                return Err(Error::InvalidGraph(format!(
+                    "%{i}: a source takes no operands"
+                )));
             }
             graph.check_source(node)?;
             let key = match &node.op {
@@ -47,13 +49,13 @@ pub fn validate(graph: &Graph) -> Result<()> {
                 )));
             }
         }
-        if let Op::Cast { rounding, .. } = &node.op {
-            if *rounding != node.rounding {
-                return Err(Error::InvalidGraph(format!(
-                    "%{i}: cast rounding {rounding:?} differs from the node's {:?}",
-                    node.rounding
-                )));
-            }
+        if let Op::Cast { rounding, .. } = &node.op
+            && *rounding != node.rounding
+        {
+            return Err(Error::InvalidGraph(format!(
+                "%{i}: cast rounding {rounding:?} differs from the node's {:?}",
+                node.rounding
+            )));
         }
         if matches!(node.rounding, Rounding::Stochastic { .. }) && !node.dtype.is_float() {
             return Err(Error::InvalidGraph(format!(

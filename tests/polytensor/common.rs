@@ -1,0 +1,79 @@
+//! Shared test helpers: a seeded generator, tolerance checks that print index, actual, expected
+//! and bound, and running one graph on a device and on the f64 reference.
+
+use polytensor::{DType, Device, Graph, Result, Session, Tensor};
+
+/// SplitMix64: a tiny seeded generator (no dependency, same sequence everywhere).
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [lo, hi).
+    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        let u = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+        lo + (hi - lo) * u
+    }
+    pub fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| self.uniform(lo, hi)).collect()
+    }
+}
+
+/// Random data of `shape`, stored as `dtype` (so the reference sees the same rounded values).
+pub fn random(rng: &mut Rng, shape: &[usize], dtype: DType, lo: f32, hi: f32) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::from_f32(shape, rng.vec(n, lo, hi), dtype).expect("shape and data agree")
+}
+
+/// Runs `graph` on `device` with fresh weights, returning the outputs in order.
+pub fn run_on(
+    device: &Device,
+    graph: &Graph,
+    inputs: &[(&str, &Tensor)],
+    weights: &[(&str, &Tensor)],
+    bindings: &[(&str, usize)],
+) -> Result<Vec<Tensor>> {
+    let mut s = Session::new(device);
+    for (name, w) in weights {
+        s.load_weight(name, w.view(), w.dtype())?;
+    }
+    let p = s.compile(graph)?;
+    let views: Vec<(&str, polytensor::TensorView<'_>)> =
+        inputs.iter().map(|(n, t)| (*n, t.view())).collect();
+    let out = s.run(&p, &views, bindings)?;
+    Ok(out.into_vec().into_iter().map(|(_, t)| t).collect())
+}
+
+/// Checks |got − want| ≤ atol + rtol·|want| elementwise, and equal shapes and dtypes.
+pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, atol: f64, rtol: f64) {
+    assert_eq!(got.shape(), want.shape(), "{what}: shape");
+    assert_eq!(got.dtype(), want.dtype(), "{what}: dtype");
+    let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
+    for (i, (&a, &e)) in g.iter().zip(&w).enumerate() {
+        let tol = atol + rtol * e.abs();
+        let ok = (a - e).abs() <= tol || (a.is_nan() && e.is_nan()) || a == e;
+        assert!(
+            ok,
+            "{what}: index {i}: got {a}, expected {e}, tolerance {tol}"
+        );
+    }
+}
+
+/// Elementwise tolerances per storage dtype: (atol, rtol). f16/bf16 allow one rounding of the
+/// output plus a rounding of an f32 intermediate.
+pub fn tol(dtype: DType) -> (f64, f64) {
+    match dtype {
+        DType::F32 => (1e-6, 1e-5),
+        DType::F16 => (1e-3, 2.0 * DType::F16.epsilon() + 1e-5),
+        DType::BF16 => (1e-3, 2.0 * DType::BF16.epsilon() + 1e-5),
+        DType::U32 | DType::I32 => (0.0, 0.0),
+    }
+}

@@ -1,0 +1,10 @@
+//! The integration suite: one binary (settled decision 8), one module per area.
+
+mod common;
+mod conversions;
+mod devices;
+mod errors;
+mod matmul;
+mod ops;
+mod state;
+mod text;

@@ -1,0 +1,168 @@
+//! Persistent state and symbolic dimensions: accumulate across runs, share state between two
+//! programs, KV-cache style writes at a run-time offset, and one compiled program run at several
+//! bound lengths.
+
+use polytensor::{DType, Device, Dim, Error, Graph, Offset, Session, Tensor};
+
+use crate::common::{Rng, assert_close, random, run_on};
+
+fn accumulate_graph() -> Graph {
+    let mut g = Graph::new();
+    let s = g.state("acc", [3, 5], DType::F32);
+    let x = g.input("x", [3, 5], DType::F32);
+    let y = g.add(s, x).expect("add");
+    g.write_state("acc", y, 0, Offset::Fixed(0)).expect("write");
+    g
+}
+
+#[test]
+fn state_accumulates_across_runs_and_is_shared_by_programs() {
+    for device in [Device::cpu(), Device::reference()] {
+        let mut s = Session::new(&device);
+        s.create_state("acc", &[3, 5], DType::F32).expect("state");
+        let add = s.compile(&accumulate_graph()).expect("compile add");
+        let mut rng = Rng::new(20);
+        let mut sum = vec![0f32; 15];
+        for _ in 0..3 {
+            let x = rng.vec(15, -1.0, 1.0);
+            for (a, b) in sum.iter_mut().zip(&x) {
+                *a += b;
+            }
+            let x = Tensor::new(&[3, 5], x).expect("x");
+            s.run(&add, &[("x", x.view())], &[]).expect("run");
+        }
+        assert_eq!(
+            s.read_state("acc").expect("read").to_f32_vec(),
+            sum,
+            "{:?}",
+            device
+        );
+        // A second program in the same session reads (and doubles) the same state.
+        let mut g = Graph::new();
+        let st = g.state("acc", [3, 5], DType::F32);
+        let two = g.constant(&[2.0], [1], DType::F32).expect("const");
+        let d = g.mul(st, two).expect("mul");
+        g.write_state("acc", d, 0, Offset::Fixed(0)).expect("write");
+        g.output("before", st).expect("out");
+        let double = s.compile(&g).expect("compile double");
+        let out = s.run(&double, &[], &[]).expect("run double");
+        assert_eq!(out.get("before").expect("out").to_f32_vec(), sum);
+        let doubled: Vec<f32> = sum.iter().map(|v| v * 2.0).collect();
+        assert_eq!(s.read_state("acc").expect("read").to_f32_vec(), doubled);
+        // And the first program keeps accumulating on top.
+        let ones = Tensor::new(&[3, 5], vec![1f32; 15]).expect("ones");
+        s.run(&add, &[("x", ones.view())], &[]).expect("run");
+        let want: Vec<f32> = doubled.iter().map(|v| v + 1.0).collect();
+        assert_eq!(s.read_state("acc").expect("read").to_f32_vec(), want);
+    }
+}
+
+#[test]
+fn kv_cache_style_writes_at_a_run_time_offset() {
+    // cache [heads=2, max_seq=8, dim=3]; each run appends `len` rows at position `pos`.
+    let mut g = Graph::new();
+    let _cache = g.state("kv", [2, 8, 3], DType::BF16);
+    let x = g.input(
+        "x",
+        [Dim::Fixed(2), Dim::sym("len", 8), Dim::Fixed(3)],
+        DType::BF16,
+    );
+    let w = g
+        .write_state("kv", x, 1, Offset::Sym("pos".into()))
+        .expect("write");
+    g.output("cache", w).expect("out");
+    for device in [Device::cpu(), Device::reference()] {
+        let mut s = Session::new(&device);
+        s.create_state("kv", &[2, 8, 3], DType::BF16)
+            .expect("state");
+        let p = s.compile(&g).expect("compile");
+        let mut want = vec![0f32; 48];
+        let mut pos = 0;
+        for (len, base) in [(3usize, 1.0f32), (1, 10.0), (4, 20.0)] {
+            let data: Vec<f32> = (0..2 * len * 3).map(|i| base + i as f32).collect();
+            for h in 0..2 {
+                for r in 0..len {
+                    for c in 0..3 {
+                        want[(h * 8 + pos + r) * 3 + c] = data[(h * len + r) * 3 + c];
+                    }
+                }
+            }
+            let x = Tensor::from_f32(&[2, len, 3], data, DType::BF16).expect("x");
+            let out = s.run(&p, &[("x", x.view())], &[("pos", pos)]).expect("run");
+            assert_eq!(out.get("cache").expect("cache").to_f32_vec(), want);
+            pos += len;
+        }
+        // One more row at position 8 would overflow the cache: a clear Err, state untouched.
+        let x = Tensor::from_f32(&[2, 1, 3], vec![0.0; 6], DType::BF16).expect("x");
+        let err = s
+            .run(&p, &[("x", x.view())], &[("pos", 8)])
+            .expect_err("overflow");
+        assert!(
+            matches!(
+                err,
+                Error::StateWriteOutOfRange {
+                    offset: 8,
+                    len: 1,
+                    size: 8,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(s.read_state("kv").expect("read").to_f32_vec(), want);
+    }
+}
+
+#[test]
+fn one_program_runs_at_several_bound_lengths() {
+    let mut g = Graph::new();
+    let x = g.input("x", [Dim::sym("seq", 64), Dim::Fixed(16)], DType::F32);
+    let w = g.weight("w", [16, 8], DType::F32);
+    let b = g.input("b", [1, 8], DType::F32);
+    let y = g.matmul(x, w).expect("matmul");
+    let y = g.add(y, b).expect("add");
+    g.output("y", y).expect("out");
+    let mut rng = Rng::new(21);
+    let wt = random(&mut rng, &[16, 8], DType::F32, -1.0, 1.0);
+    let bt = random(&mut rng, &[1, 8], DType::F32, -1.0, 1.0);
+    let mut s = Session::new(&Device::cpu());
+    s.load_weight("w", wt.view(), DType::F32).expect("weight");
+    let p = s.compile(&g).expect("compile once");
+    for seq in [1usize, 3, 17, 64] {
+        let xt = random(&mut rng, &[seq, 16], DType::F32, -1.0, 1.0);
+        let out = s
+            .run(&p, &[("x", xt.view()), ("b", bt.view())], &[])
+            .expect("run");
+        let want = run_on(
+            &Device::reference(),
+            &g,
+            &[("x", &xt), ("b", &bt)],
+            &[("w", &wt)],
+            &[],
+        )
+        .expect("reference");
+        assert_eq!(out.get("y").expect("y").shape(), &[seq, 8]);
+        assert_close(
+            &format!("seq={seq}"),
+            out.get("y").expect("y"),
+            &want[0],
+            1e-5,
+            1e-5,
+        );
+    }
+    let xt = random(&mut rng, &[65, 16], DType::F32, -1.0, 1.0);
+    let err = s
+        .run(&p, &[("x", xt.view()), ("b", bt.view())], &[])
+        .expect_err("over max");
+    assert!(
+        matches!(
+            err,
+            Error::DimOverMax {
+                value: 65,
+                max: 64,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}

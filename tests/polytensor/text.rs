@@ -1,0 +1,114 @@
+//! The text form: every op kind, symbolic dims and flags print and parse back to the same graph;
+//! malformed text is a clear `Err`; dead-node elimination keeps outputs and state writes.
+
+use polytensor::{
+    BinaryOp, DType, Device, Dim, Error, Graph, Offset, ReduceOp, Rounding, Session, UnaryOp,
+};
+
+fn every_op() -> Graph {
+    let mut g = Graph::new();
+    let x = g.input("x", [Dim::sym("seq", 2048), Dim::Fixed(4)], DType::F32);
+    let w = g.weight("layers.0.w", [4, 4], DType::BF16);
+    let s = g.state("kv_cache", [Dim::Fixed(2048), Dim::Fixed(4)], DType::F32);
+    let c = g
+        .constant(&[0.5, -1.25, 3.0, 1e-3], [4], DType::F32)
+        .expect("const");
+    let xb = g.cast(x, DType::BF16).expect("cast");
+    let m = g.matmul_t(xb, w, false, true).expect("matmul");
+    let mf = g
+        .cast_with(m, DType::F32, Rounding::NearestEven)
+        .expect("cast");
+    let mut y = g.add(mf, c).expect("add");
+    for op in UnaryOp::ALL {
+        y = g.unary(op, y).expect("unary");
+    }
+    for op in BinaryOp::ALL {
+        y = g.binary(op, y, c).expect("binary");
+    }
+    let r = g.reduce(ReduceOp::Mean, y, 1).expect("reduce");
+    let sr = g
+        .cast_with(r, DType::F16, Rounding::Stochastic { stream: 7 })
+        .expect("sr cast");
+    g.keep_f32(y).expect("keep");
+    g.write_state("kv_cache", y, 0, Offset::Sym("pos".into()))
+        .expect("write");
+    let _ = s;
+    g.output("y", y).expect("out");
+    g.output("r", sr).expect("out");
+    g
+}
+
+#[test]
+fn print_parse_round_trip() {
+    let g = every_op();
+    let text = g.to_string();
+    let back = Graph::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(back, g, "{text}");
+    assert_eq!(back.to_string(), text);
+    assert!(text.contains("seq<=2048"), "{text}");
+    assert!(
+        text.contains("sr(7)") && text.contains("keep_f32"),
+        "{text}"
+    );
+}
+
+#[test]
+fn malformed_text_is_a_clear_error() {
+    let cases = [
+        ("%0: f32[2] = Nope(x:1)()", "bad op"),
+        ("%1: f32[2] = Input(name:\"x\")()", "expected node %0"),
+        ("%0: f99[2] = Input(name:\"x\")()", "unknown dtype"),
+        ("%0: f32[2,a<=x] = Input(name:\"x\")()", "bad maximum"),
+        ("%0: f32[2] Input", "expected `lhs = rhs`"),
+        (
+            "%0: f32[2] = Input(name:\"x\")()\n%1: f32[3] = Unary(Neg)(%0)\nout y = %1",
+            "declares",
+        ),
+        (
+            "%0: f32[2] = Input(name:\"x\")()\nout y = %5",
+            "does not exist",
+        ),
+        (
+            "%0: f32[2] = Input(name:\"x\")()\n%1: f32[2] = Unary(Neg)(%4)\nout y = %1",
+            "does not precede",
+        ),
+    ];
+    for (text, want) in cases {
+        let err = Graph::parse(text).expect_err(text);
+        assert!(
+            err.to_string().contains(want),
+            "`{text}`: got `{err}`, want `{want}`"
+        );
+    }
+}
+
+#[test]
+fn dead_nodes_are_removed_but_writes_and_outputs_kept() {
+    let mut g = Graph::new();
+    let x = g.input("x", [3], DType::F32);
+    let _dead = g.unary(UnaryOp::Exp, x).expect("dead");
+    let s = g.state("acc", [3], DType::F32);
+    let y = g.add(s, x).expect("add");
+    g.write_state("acc", y, 0, Offset::Fixed(0)).expect("write");
+    let z = g.unary(UnaryOp::Neg, x).expect("neg");
+    g.output("z", z).expect("out");
+    let mut sess = Session::new(&Device::cpu());
+    sess.create_state("acc", &[3], DType::F32).expect("state");
+    let p = sess.compile(&g).expect("compile");
+    assert_eq!(
+        p.graph().nodes().len(),
+        g.nodes().len() - 1,
+        "{}",
+        p.graph()
+    );
+    assert!(
+        p.graph()
+            .nodes()
+            .iter()
+            .all(|n| !matches!(n.op, polytensor::Op::Unary(UnaryOp::Exp)))
+    );
+    // A graph with nothing to compute is rejected by validate.
+    let mut empty = Graph::new();
+    empty.input("x", [3], DType::F32);
+    assert!(matches!(sess.compile(&empty), Err(Error::InvalidGraph(_))));
+}
