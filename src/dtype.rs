@@ -210,3 +210,60 @@ pub fn bf16_to_f32_slice(src: &[bf16], dst: &mut [f32]) {
             }
         });
 }
+
+/// Elements converted per stack block: the block stays in L1 between convert and copy.
+const BLOCK: usize = 512;
+
+/// Fills a new vector of `src.len()` elements by converting `BLOCK`-element blocks with `f`,
+/// multi-threaded, writing into uninitialised capacity (no zeroing pass, no page-touching twice).
+fn convert_new<S: Sync, D: Copy + Default + Send>(
+    src: &[S],
+    f: impl Fn(&[S], &mut [D]) + Sync,
+) -> Vec<D> {
+    let n = src.len();
+    let mut out: Vec<D> = Vec::with_capacity(n);
+    out.spare_capacity_mut()[..n]
+        .par_chunks_mut(CONVERT_CHUNK)
+        .zip(src.par_chunks(CONVERT_CHUNK))
+        .for_each(|(d, s)| {
+            let mut buf = [D::default(); BLOCK];
+            for (d, s) in d.chunks_mut(BLOCK).zip(s.chunks(BLOCK)) {
+                let b = &mut buf[..s.len()];
+                f(s, b);
+                for (o, &v) in d.iter_mut().zip(b.iter()) {
+                    o.write(v);
+                }
+            }
+        });
+    // SAFETY: the chunks above cover all `n` slots of the spare capacity and each was written.
+    unsafe { out.set_len(n) };
+    out
+}
+
+/// f16 → a new f32 vector (exact), F16C where present.
+pub fn widen_f16(src: &[f16]) -> Vec<f32> {
+    convert_new(src, |s, d| s.convert_to_f32_slice(d))
+}
+
+/// bf16 → a new f32 vector (exact).
+pub fn widen_bf16(src: &[bf16]) -> Vec<f32> {
+    convert_new(src, |s, d: &mut [f32]| {
+        for (o, &x) in d.iter_mut().zip(s) {
+            *o = f32::from_bits(bf16_bits_to_f32(x.to_bits()));
+        }
+    })
+}
+
+/// f32 → a new f16 vector (round to nearest even), F16C where present.
+pub fn narrow_f16(src: &[f32]) -> Vec<f16> {
+    convert_new(src, |s, d: &mut [f16]| d.convert_from_f32_slice(s))
+}
+
+/// f32 → a new bf16 vector (round to nearest even).
+pub fn narrow_bf16(src: &[f32]) -> Vec<bf16> {
+    convert_new(src, |s, d: &mut [bf16]| {
+        for (o, &x) in d.iter_mut().zip(s) {
+            *o = bf16::from_bits(f32_to_bf16_bits(x.to_bits()));
+        }
+    })
+}

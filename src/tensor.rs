@@ -99,16 +99,8 @@ impl Storage {
     pub fn from_f32(dtype: DType, src: Vec<f32>) -> Storage {
         match dtype {
             DType::F32 => Storage::F32(src),
-            DType::F16 => {
-                let mut d = vec![f16::ZERO; src.len()];
-                dtype::f32_to_f16_slice(&src, &mut d);
-                Storage::F16(d)
-            }
-            DType::BF16 => {
-                let mut d = vec![bf16::ZERO; src.len()];
-                dtype::f32_to_bf16_slice(&src, &mut d);
-                Storage::BF16(d)
-            }
+            DType::F16 => Storage::F16(dtype::narrow_f16(&src)),
+            DType::BF16 => Storage::BF16(dtype::narrow_bf16(&src)),
             DType::U32 => Storage::U32(src.iter().map(|&x| x as u32).collect()),
             DType::I32 => Storage::I32(src.iter().map(|&x| x as i32).collect()),
         }
@@ -169,16 +161,8 @@ impl<'a> StorageRef<'a> {
     pub fn to_f32_vec(&self) -> Vec<f32> {
         match *self {
             StorageRef::F32(v) => v.to_vec(),
-            StorageRef::F16(v) => {
-                let mut d = vec![0.0; v.len()];
-                dtype::f16_to_f32_slice(v, &mut d);
-                d
-            }
-            StorageRef::BF16(v) => {
-                let mut d = vec![0.0; v.len()];
-                dtype::bf16_to_f32_slice(v, &mut d);
-                d
-            }
+            StorageRef::F16(v) => dtype::widen_f16(v),
+            StorageRef::BF16(v) => dtype::widen_bf16(v),
             StorageRef::U32(v) => v.iter().map(|&x| x as f32).collect(),
             StorageRef::I32(v) => v.iter().map(|&x| x as f32).collect(),
         }
