@@ -5,6 +5,7 @@
 //! device; [`Device::auto`] picks the best one, and `POLYTENSOR_DEVICE` overrides the choice.
 
 pub mod cpu;
+pub mod wgpu;
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -194,9 +195,11 @@ impl Device {
         Device::new(Arc::new(cpu::CpuBackend::reference()))
     }
 
-    /// Every usable device: the CPU backend, then registered third-party devices.
+    /// Every usable device: the CPU backend, every wgpu adapter, then registered third-party
+    /// devices.
     pub fn list() -> Vec<Device> {
         let mut out = vec![Device::cpu()];
+        out.extend(self::wgpu::devices());
         let reg = registered().read().unwrap_or_else(|e| e.into_inner());
         out.extend(reg.iter().cloned());
         out

@@ -1,0 +1,159 @@
+// matmul.wgsl — batched C = A·B with broadcast batch dims and optional transposes.
+//
+// a: (batch.., M, K) or (batch.., K, M) when ta; b: (batch.., K, N) or (batch.., N, K) when tb;
+// out: (batch.., M, N). One workgroup computes a BM×BN tile of one output matrix; each invocation
+// keeps a 4×4 register block (4 rows, 4 adjacent columns: two whole words of a 16-bit output).
+// K is walked in BK-deep slabs staged in workgroup memory as f32. Accumulation is always f32.
+// ALIGNED (M % BM == 0, N % BN == 0, K % BK == 0) drops every bounds check.
+
+override DT_A: u32 = 0u;
+override DT_B: u32 = 0u;
+override DT_OUT: u32 = 0u;
+override WX: u32 = 16u;          // invocations along N
+override WY: u32 = 16u;          // invocations along M
+override BK: u32 = 16u;
+override BM: u32 = 64u;          // WY · 4
+override BN: u32 = 64u;          // WX · 4
+override A_TILE: u32 = 1024u;    // BK · BM
+override B_TILE: u32 = 1024u;    // BK · BN
+override ALIGNED: bool = false;
+
+struct Params {
+    bdims: vec4<u32>,    // output batch dims (outermost first), `nb` of them
+    sa: vec4<u32>,       // a's batch strides, in matrices (0 = broadcast)
+    sb: vec4<u32>,
+    nb: u32,
+    m: u32,
+    n: u32,
+    k: u32,
+    a_pitch: u32,        // stored row length of a (K, or M when ta), padded
+    b_pitch: u32,
+    out_pitch: u32,
+    ta: u32,
+    tb: u32,
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
+}
+
+@group(0) @binding(0) var<storage, read> a: array<u32>;
+@group(0) @binding(1) var<storage, read> b: array<u32>;
+@group(0) @binding(2) var<storage, read_write> out: array<u32>;
+@group(0) @binding(3) var<uniform> P: Params;
+
+var<workgroup> As: array<f32, A_TILE>;   // [BK][BM]
+var<workgroup> Bs: array<f32, B_TILE>;   // [BK][BN]
+
+fn load_a(e: u32) -> f32 {
+    return bitcast<f32>(elem_bits(DT_A, a[word_of(DT_A, e)], (e & 1u) == 1u));
+}
+
+fn load_b(e: u32) -> f32 {
+    return bitcast<f32>(elem_bits(DT_B, b[word_of(DT_B, e)], (e & 1u) == 1u));
+}
+
+@compute @workgroup_size(WX, WY)
+fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    // Batch offsets (elements) of this output matrix in a, b and out.
+    var rem = wid.z;
+    var ma = 0u;
+    var mb = 0u;
+    for (var d = i32(P.nb) - 1; d >= 0; d--) {
+        let n = P.bdims[d];
+        let i = rem % n;
+        rem = rem / n;
+        ma += i * P.sa[d];
+        mb += i * P.sb[d];
+    }
+    let a_rows = select(P.m, P.k, P.ta == 1u);
+    let b_rows = select(P.k, P.n, P.tb == 1u);
+    let a_base = ma * a_rows * P.a_pitch;
+    let b_base = mb * b_rows * P.b_pitch;
+    let o_base = wid.z * P.m * P.out_pitch;
+
+    let row0 = wid.y * BM;
+    let col0 = wid.x * BN;
+    let tid = lid.y * WX + lid.x;
+    let threads = WX * WY;
+    var acc: array<vec4<f32>, 4>;
+    for (var r = 0u; r < 4u; r++) {
+        acc[r] = vec4<f32>(0.0);
+    }
+    for (var k0 = 0u; k0 < P.k; k0 += BK) {
+        // Stage A[row0.., k0..] as [BK][BM]; consecutive invocations read consecutive
+        // addresses of the stored layout.
+        for (var idx = tid; idx < BM * BK; idx += threads) {
+            var i: u32;
+            var kk: u32;
+            if (P.ta == 1u) {
+                kk = idx / BM;
+                i = idx % BM;
+            } else {
+                i = idx / BK;
+                kk = idx % BK;
+            }
+            let gi = row0 + i;
+            let gk = k0 + kk;
+            var v = 0.0;
+            if (ALIGNED || (gi < P.m && gk < P.k)) {
+                v = load_a(a_base + select(gi * P.a_pitch + gk, gk * P.a_pitch + gi, P.ta == 1u));
+            }
+            As[kk * BM + i] = v;
+        }
+        for (var idx = tid; idx < BN * BK; idx += threads) {
+            var j: u32;
+            var kk: u32;
+            if (P.tb == 1u) {
+                j = idx / BK;
+                kk = idx % BK;
+            } else {
+                kk = idx / BN;
+                j = idx % BN;
+            }
+            let gj = col0 + j;
+            let gk = k0 + kk;
+            var v = 0.0;
+            if (ALIGNED || (gj < P.n && gk < P.k)) {
+                v = load_b(b_base + select(gk * P.b_pitch + gj, gj * P.b_pitch + gk, P.tb == 1u));
+            }
+            Bs[kk * BN + j] = v;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            let bo = kk * BN + lid.x * 4u;
+            let bv = vec4<f32>(Bs[bo], Bs[bo + 1u], Bs[bo + 2u], Bs[bo + 3u]);
+            let ao = kk * BM + lid.y * 4u;
+            acc[0] = fma(vec4<f32>(As[ao]), bv, acc[0]);
+            acc[1] = fma(vec4<f32>(As[ao + 1u]), bv, acc[1]);
+            acc[2] = fma(vec4<f32>(As[ao + 2u]), bv, acc[2]);
+            acc[3] = fma(vec4<f32>(As[ao + 3u]), bv, acc[3]);
+        }
+        workgroupBarrier();
+    }
+    let c0 = col0 + lid.x * 4u;
+    for (var r = 0u; r < 4u; r++) {
+        let gi = row0 + lid.y * 4u + r;
+        if (!ALIGNED && gi >= P.m) {
+            continue;
+        }
+        let base = o_base + gi * P.out_pitch;
+        if (is16(DT_OUT)) {
+            // Two whole words per row: columns (c0, c0+1) and (c0+2, c0+3); the pad column of an
+            // odd N is written as zero by the invocation that owns its word.
+            for (var p = 0u; p < 2u; p++) {
+                let gj = c0 + 2u * p;
+                if (gj < P.out_pitch) {
+                    let lo = select(0u, encode_bits(DT_OUT, bitcast<u32>(acc[r][2u * p])), gj < P.n);
+                    let hi = select(0u, encode_bits(DT_OUT, bitcast<u32>(acc[r][2u * p + 1u])), gj + 1u < P.n);
+                    out[(base + gj) >> 1u] = lo | (hi << 16u);
+                }
+            }
+        } else {
+            for (var c = 0u; c < 4u; c++) {
+                if (ALIGNED || c0 + c < P.n) {
+                    out[base + c0 + c] = bitcast<u32>(acc[r][c]);
+                }
+            }
+        }
+    }
+}

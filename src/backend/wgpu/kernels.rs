@@ -1,0 +1,355 @@
+//! Host side of the kernel families: the `#[repr(C)]` params uniforms (matching the WGSL
+//! structs), pipeline keys with their override constants, and grid sizes. Shapes travel in the
+//! params, so a new bound length reuses the pipeline (settled decision 2).
+
+use bytemuck::{Pod, Zeroable};
+
+use super::context::{PipelineKey, Shader};
+use super::layout::{code, geometry};
+use crate::backend::cpu::broadcast_strides;
+use crate::dtype::DType;
+use crate::ir::{BinaryOp, ReduceOp, UnaryOp};
+
+/// Invocations per workgroup of the one-word-per-invocation kernels.
+pub(crate) const WG: u32 = 256;
+const MAX_GROUPS: u32 = 65535;
+
+/// A 1-D grid of `words` invocations folded into 2-D when it exceeds the per-dimension limit:
+/// (workgroups x, y, invocations per row).
+pub(crate) fn grid(words: u32) -> ([u32; 3], u32) {
+    let groups = words.div_ceil(WG).max(1);
+    if groups <= MAX_GROUPS {
+        ([groups, 1, 1], groups * WG)
+    } else {
+        (
+            [MAX_GROUPS, groups.div_ceil(MAX_GROUPS), 1],
+            MAX_GROUPS * WG,
+        )
+    }
+}
+
+fn words_of(dtype: DType, shape: &[usize]) -> u32 {
+    let (_, _, phys) = geometry(dtype, shape);
+    let per = if dtype.size_of() == 2 { 2 } else { 1 };
+    phys.div_ceil(per) as u32
+}
+
+fn fill8(v: &[usize]) -> [u32; 8] {
+    let mut out = [0u32; 8];
+    for (o, &x) in out.iter_mut().zip(v) {
+        *o = x as u32;
+    }
+    out
+}
+
+/// elementwise.wgsl's `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct EwParams {
+    dims: [u32; 8],
+    sa: [u32; 8],
+    sb: [u32; 8],
+    rank: u32,
+    out_last: u32,
+    out_pitch: u32,
+    words: u32,
+    a_last: u32,
+    a_pitch: u32,
+    b_last: u32,
+    b_pitch: u32,
+    row_words: u32,
+    pad: [u32; 3],
+}
+
+/// Which elementwise entry point.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Ew {
+    Unary(UnaryOp),
+    Binary(BinaryOp),
+    Cast,
+}
+
+pub(crate) fn elementwise_key(kind: Ew, a: DType, b: DType, out: DType) -> PipelineKey {
+    let (entry, op) = match kind {
+        Ew::Unary(u) => (
+            "unary",
+            UnaryOp::ALL.iter().position(|&x| x == u).unwrap_or(0) as u32,
+        ),
+        Ew::Binary(o) => (
+            "binary",
+            BinaryOp::ALL.iter().position(|&x| x == o).unwrap_or(0) as u32,
+        ),
+        Ew::Cast => ("cast", 0),
+    };
+    PipelineKey {
+        shader: Shader::Elementwise,
+        entry,
+        constants: vec![
+            ("DT_A", code(a)),
+            ("DT_B", code(b)),
+            ("DT_OUT", code(out)),
+            ("OP", op),
+            ("WG", WG),
+        ],
+    }
+}
+
+/// Params and grid for out = f(a, b) with `b` absent for unary ops and casts.
+pub(crate) fn elementwise_params(
+    a: (DType, &[usize]),
+    b: Option<(DType, &[usize])>,
+    out: (DType, &[usize]),
+) -> (EwParams, [u32; 3]) {
+    let (od, os) = out;
+    let (ol, op, _) = geometry(od, os);
+    let (al, ap, _) = geometry(a.0, a.1);
+    let sa = broadcast_strides(a.1, os);
+    let (bl, bp, sb) = match b {
+        Some((bd, bs)) => {
+            let (l, p, _) = geometry(bd, bs);
+            (l, p, broadcast_strides(bs, os))
+        }
+        None => (1, 1, vec![0; os.len()]),
+    };
+    let words = words_of(od, os);
+    let (g, row_words) = grid(words);
+    let p = EwParams {
+        dims: fill8(os),
+        sa: fill8(&sa),
+        sb: fill8(&sb),
+        rank: os.len() as u32,
+        out_last: ol as u32,
+        out_pitch: op as u32,
+        words,
+        a_last: al as u32,
+        a_pitch: ap as u32,
+        b_last: bl as u32,
+        b_pitch: bp as u32,
+        row_words,
+        pad: [0; 3],
+    };
+    (p, g)
+}
+
+/// matmul.wgsl's `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct MatmulParams {
+    bdims: [u32; 4],
+    sa: [u32; 4],
+    sb: [u32; 4],
+    nb: u32,
+    m: u32,
+    n: u32,
+    k: u32,
+    a_pitch: u32,
+    b_pitch: u32,
+    out_pitch: u32,
+    ta: u32,
+    tb: u32,
+    pad: [u32; 3],
+}
+
+/// Tile configuration of the matmul kernel for one adapter class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Tiles {
+    pub wx: u32,
+    pub wy: u32,
+    pub bk: u32,
+}
+
+impl Tiles {
+    fn bm(self) -> u32 {
+        self.wy * 4
+    }
+    fn bn(self) -> u32 {
+        self.wx * 4
+    }
+}
+
+pub(crate) fn matmul_key(
+    tiles: Tiles,
+    a: DType,
+    b: DType,
+    out: DType,
+    aligned: bool,
+) -> PipelineKey {
+    PipelineKey {
+        shader: Shader::Matmul,
+        entry: "matmul",
+        constants: vec![
+            ("DT_A", code(a)),
+            ("DT_B", code(b)),
+            ("DT_OUT", code(out)),
+            ("WX", tiles.wx),
+            ("WY", tiles.wy),
+            ("BK", tiles.bk),
+            ("BM", tiles.bm()),
+            ("BN", tiles.bn()),
+            ("A_TILE", tiles.bm() * tiles.bk),
+            ("B_TILE", tiles.bn() * tiles.bk),
+            ("ALIGNED", u32::from(aligned)),
+        ],
+    }
+}
+
+/// Params, grid and alignment class of a matmul; `None` grid when there is nothing to compute.
+pub(crate) fn matmul_params(
+    tiles: Tiles,
+    a: (DType, &[usize]),
+    b: (DType, &[usize]),
+    out: (DType, &[usize]),
+    ta: bool,
+    tb: bool,
+) -> (MatmulParams, [u32; 3], bool) {
+    let (sa, sb, so) = (a.1, b.1, out.1);
+    let r = so.len();
+    let (m, n) = (so[r - 2], so[r - 1]);
+    let k = if ta {
+        sa[sa.len() - 2]
+    } else {
+        sa[sa.len() - 1]
+    };
+    let batch = &so[..r - 2];
+    let nb: usize = batch.iter().product();
+    let stride_a = broadcast_strides(&sa[..sa.len() - 2], batch);
+    let stride_b = broadcast_strides(&sb[..sb.len() - 2], batch);
+    let mut p = MatmulParams {
+        bdims: [1; 4],
+        sa: [0; 4],
+        sb: [0; 4],
+        nb: batch.len() as u32,
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        a_pitch: geometry(a.0, sa).1 as u32,
+        b_pitch: geometry(b.0, sb).1 as u32,
+        out_pitch: geometry(out.0, so).1 as u32,
+        ta: u32::from(ta),
+        tb: u32::from(tb),
+        pad: [0; 3],
+    };
+    for (d, &x) in batch.iter().enumerate() {
+        p.bdims[d] = x as u32;
+        p.sa[d] = stride_a[d] as u32;
+        p.sb[d] = stride_b[d] as u32;
+    }
+    let (bm, bn) = (tiles.bm() as usize, tiles.bn() as usize);
+    let aligned = m % bm == 0 && n % bn == 0 && k % tiles.bk as usize == 0;
+    let g = [n.div_ceil(bn) as u32, m.div_ceil(bm) as u32, nb as u32];
+    (p, g, aligned)
+}
+
+/// reduce.wgsl's `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct ReduceParams {
+    outer: u32,
+    len: u32,
+    inner: u32,
+    words: u32,
+    x_last: u32,
+    x_pitch: u32,
+    out_last: u32,
+    out_pitch: u32,
+    row_words: u32,
+    pad: [u32; 3],
+}
+
+pub(crate) fn reduce_key(op: ReduceOp, x: DType, out: DType) -> PipelineKey {
+    let op = match op {
+        ReduceOp::Sum => 0,
+        ReduceOp::Max => 1,
+        ReduceOp::Mean => 2,
+    };
+    PipelineKey {
+        shader: Shader::Reduce,
+        entry: "reduce",
+        constants: vec![
+            ("DT_X", code(x)),
+            ("DT_OUT", code(out)),
+            ("OP", op),
+            ("WG", WG),
+        ],
+    }
+}
+
+pub(crate) fn reduce_params(
+    x: (DType, &[usize]),
+    out: (DType, &[usize]),
+    axis: usize,
+) -> (ReduceParams, [u32; 3]) {
+    let xs = x.1;
+    let outer: usize = xs[..axis].iter().product();
+    let inner: usize = xs[axis + 1..].iter().product();
+    let (xl, xp, _) = geometry(x.0, xs);
+    let (ol, op, _) = geometry(out.0, out.1);
+    let words = words_of(out.0, out.1);
+    let (g, row_words) = grid(words);
+    let p = ReduceParams {
+        outer: outer as u32,
+        len: xs[axis] as u32,
+        inner: inner as u32,
+        words,
+        x_last: xl as u32,
+        x_pitch: xp as u32,
+        out_last: ol as u32,
+        out_pitch: op as u32,
+        row_words,
+        pad: [0; 3],
+    };
+    (p, g)
+}
+
+/// state.wgsl's `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct StateParams {
+    s_len: u32,
+    v_len: u32,
+    inner: u32,
+    offset: u32,
+    words: u32,
+    s_last: u32,
+    s_pitch: u32,
+    v_last: u32,
+    v_pitch: u32,
+    row_words: u32,
+    pad: [u32; 2],
+}
+
+pub(crate) fn state_key(dtype: DType) -> PipelineKey {
+    PipelineKey {
+        shader: Shader::State,
+        entry: "write_state",
+        constants: vec![("DT", code(dtype)), ("WG", WG)],
+    }
+}
+
+pub(crate) fn state_params(
+    dtype: DType,
+    state: &[usize],
+    value: &[usize],
+    axis: usize,
+    offset: usize,
+) -> (StateParams, [u32; 3]) {
+    let inner: usize = state[axis + 1..].iter().product();
+    let (sl, sp, _) = geometry(dtype, state);
+    let (vl, vp, _) = geometry(dtype, value);
+    let words = words_of(dtype, state);
+    let (g, row_words) = grid(words);
+    let p = StateParams {
+        s_len: state[axis] as u32,
+        v_len: value[axis] as u32,
+        inner: inner as u32,
+        offset: offset as u32,
+        words,
+        s_last: sl as u32,
+        s_pitch: sp as u32,
+        v_last: vl as u32,
+        v_pitch: vp as u32,
+        row_words,
+        pad: [0; 2],
+    };
+    (p, g)
+}

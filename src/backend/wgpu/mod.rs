@@ -1,0 +1,280 @@
+//! The wgpu backend: one device per wgpu adapter on every API wgpu exposes (Vulkan, Metal, DX12,
+//! GL), running WGSL kernels from `shaders/`. Devices are opened lazily, on the first upload or
+//! compile, with the adapter's real limits and the features it has.
+
+mod context;
+mod kernels;
+mod layout;
+mod program;
+
+use std::any::Any;
+use std::sync::{Arc, OnceLock};
+
+use crate::backend::{Backend, Device, DeviceBuffer, DeviceInfo, DeviceType, Limits, Program};
+use crate::dtype::{DType, Rounding};
+use crate::error::{Error, Result};
+use crate::ir::{Graph, NodeId, Op};
+use crate::tensor::{Tensor, TensorView};
+
+pub(crate) use context::Ctx;
+
+/// One wgpu adapter as a polytensor backend.
+pub struct WgpuBackend {
+    adapter: wgpu::Adapter,
+    info: DeviceInfo,
+    ctx: OnceLock<std::result::Result<Arc<Ctx>, String>>,
+    /// A lower binding limit than the adapter's, to exercise the limit paths in tests.
+    binding_limit: u64,
+}
+
+fn device_type(t: wgpu::DeviceType) -> DeviceType {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => DeviceType::DiscreteGpu,
+        wgpu::DeviceType::IntegratedGpu => DeviceType::IntegratedGpu,
+        wgpu::DeviceType::VirtualGpu => DeviceType::VirtualGpu,
+        wgpu::DeviceType::Cpu => DeviceType::Cpu,
+        wgpu::DeviceType::Other => DeviceType::Other,
+    }
+}
+
+fn api_name(b: wgpu::Backend) -> &'static str {
+    match b {
+        wgpu::Backend::Vulkan => "Vulkan",
+        wgpu::Backend::Metal => "Metal",
+        wgpu::Backend::Dx12 => "DX12",
+        wgpu::Backend::Gl => "GL",
+        wgpu::Backend::BrowserWebGpu => "WebGPU",
+        wgpu::Backend::Noop => "noop",
+    }
+}
+
+impl WgpuBackend {
+    fn new(adapter: wgpu::Adapter, binding_limit: Option<u64>) -> WgpuBackend {
+        let ai = adapter.get_info();
+        let limits = adapter.limits();
+        let features = adapter.features();
+        let api = api_name(ai.backend);
+        let has = |f| if features.contains(f) { "yes" } else { "no" };
+        let binding = binding_limit.unwrap_or(limits.max_storage_buffer_binding_size);
+        let details = vec![
+            (
+                "driver".to_string(),
+                format!("{} {}", ai.driver, ai.driver_info)
+                    .trim()
+                    .to_string(),
+            ),
+            (
+                "16-bit storage".to_string(),
+                "packed two per u32, integer encode/decode (every adapter)".to_string(),
+            ),
+            (
+                "native f16 math".to_string(),
+                format!(
+                    "{} (SHADER_F16; not used: compute is f32)",
+                    has(wgpu::Features::SHADER_F16)
+                ),
+            ),
+            (
+                "subgroups".to_string(),
+                if features.contains(wgpu::Features::SUBGROUP) {
+                    format!(
+                        "yes, size {}..{}",
+                        ai.subgroup_min_size, ai.subgroup_max_size
+                    )
+                } else {
+                    "no".to_string()
+                },
+            ),
+            (
+                "timestamp queries".to_string(),
+                has(wgpu::Features::TIMESTAMP_QUERY).to_string(),
+            ),
+            (
+                "workgroup".to_string(),
+                format!(
+                    "{} invocations, {} KiB shared",
+                    limits.max_compute_invocations_per_workgroup,
+                    limits.max_compute_workgroup_storage_size / 1024
+                ),
+            ),
+        ];
+        let software = ai.device_type == wgpu::DeviceType::Cpu;
+        let info = DeviceInfo {
+            name: format!("{} [{api}]", ai.name),
+            backend: "wgpu".to_string(),
+            api: api.to_string(),
+            device_type: device_type(ai.device_type),
+            software,
+            dtypes: DType::ALL.to_vec(),
+            limits: Limits {
+                max_buffer_bytes: limits.max_buffer_size,
+                max_binding_bytes: binding,
+            },
+            details,
+        };
+        WgpuBackend {
+            adapter,
+            info,
+            ctx: OnceLock::new(),
+            binding_limit: binding,
+        }
+    }
+
+    /// The opened device (opened on first use).
+    pub(crate) fn ctx(&self) -> Result<Arc<Ctx>> {
+        self.ctx
+            .get_or_init(|| {
+                Ctx::new(&self.adapter, &self.info.name)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+            .map_err(|msg| Error::Device {
+                device: self.info.name.clone(),
+                msg,
+            })
+    }
+
+    /// The same adapter as a new device whose storage-binding limit is `bytes` (tests use a small
+    /// limit to exercise the over-limit paths without allocating 128 MiB).
+    pub fn with_binding_limit(&self, bytes: u64) -> WgpuBackend {
+        WgpuBackend::new(self.adapter.clone(), Some(bytes))
+    }
+}
+
+/// Every wgpu adapter as a device (cached: enumeration is slow). `POLYTENSOR_WGPU=0` disables
+/// the backend.
+pub fn devices() -> Vec<Device> {
+    static LIST: OnceLock<Vec<Device>> = OnceLock::new();
+    LIST.get_or_init(|| {
+        if std::env::var("POLYTENSOR_WGPU").is_ok_and(|v| v == "0") {
+            return Vec::new();
+        }
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        adapters
+            .into_iter()
+            .map(|a| Device::new(Arc::new(WgpuBackend::new(a, None))))
+            .collect()
+    })
+    .clone()
+}
+
+/// A tensor in device memory, in the device layout (`layout.rs`).
+pub struct WgpuBuffer {
+    pub(crate) buffer: wgpu::Buffer,
+    shape: Vec<usize>,
+    dtype: DType,
+    ctx: Arc<Ctx>,
+}
+
+impl DeviceBuffer for WgpuBuffer {
+    fn shape(&self) -> Vec<usize> {
+        self.shape.clone()
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+    fn read(&self) -> Result<Tensor> {
+        let bytes = layout::device_bytes(self.dtype, &self.shape);
+        let staging = self.ctx.staging(bytes);
+        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(&self.buffer, 0, &staging, 0, bytes);
+        self.ctx.queue.submit([enc.finish()]);
+        let data = self.ctx.read_back(&[(&staging, bytes)])?;
+        layout::from_device(&data[0], self.dtype, &self.shape)
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl Backend for WgpuBackend {
+    fn info(&self) -> DeviceInfo {
+        self.info.clone()
+    }
+
+    fn supports(&self, graph: &Graph, node: NodeId) -> std::result::Result<(), String> {
+        let n = graph.node(node).map_err(|e| e.to_string())?;
+        if let Rounding::Stochastic { .. } = n.rounding {
+            return Err("stochastic rounding is not implemented on wgpu yet".to_string());
+        }
+        let limit = self.binding_limit;
+        let mut shapes = vec![(&n.shape, n.dtype)];
+        for &i in &n.inputs {
+            let x = graph.node(i).map_err(|e| e.to_string())?;
+            shapes.push((&x.shape, x.dtype));
+        }
+        for (shape, dtype) in &shapes {
+            let bytes = layout::device_bytes(*dtype, &shape.max_dims());
+            if bytes > limit {
+                return Err(format!(
+                    "a {dtype}{shape} tensor needs {bytes} bytes, over the storage binding limit {limit}"
+                ));
+            }
+            if shape.rank() > 8 {
+                return Err(format!("rank {} over the kernels' maximum 8", shape.rank()));
+            }
+        }
+        match &n.op {
+            Op::Cast { to, .. } => {
+                let from = shapes[1].1;
+                if from.is_float() != to.is_float() {
+                    return Err(format!(
+                        "cast {from}→{to} between integer and float (WGSL's conversion may round either way)"
+                    ));
+                }
+                Ok(())
+            }
+            Op::MatMul { .. } => {
+                if n.shape.rank() > 6 {
+                    return Err("matmul with more than 4 batch dimensions".to_string());
+                }
+                let (a, b) = (&shapes[1].0, &shapes[2].0);
+                if a.rank().max(b.rank()) > 6 {
+                    return Err("matmul with more than 4 batch dimensions".to_string());
+                }
+                Ok(())
+            }
+            Op::Input { .. }
+            | Op::Weight { .. }
+            | Op::State { .. }
+            | Op::Constant { .. }
+            | Op::WriteState { .. }
+            | Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Reduce { .. } => Ok(()),
+        }
+    }
+
+    fn upload(&self, tensor: TensorView<'_>) -> Result<Arc<dyn DeviceBuffer>> {
+        let ctx = self.ctx()?;
+        let bytes = layout::device_bytes(tensor.dtype(), tensor.shape());
+        let buffer = ctx.storage(bytes, "tensor")?;
+        let image = layout::to_device(tensor.data(), tensor.shape());
+        if !image.is_empty() {
+            ctx.queue.write_buffer(&buffer, 0, &image);
+        }
+        ctx.check()?;
+        Ok(Arc::new(WgpuBuffer {
+            buffer,
+            shape: tensor.shape().to_vec(),
+            dtype: tensor.dtype(),
+            ctx,
+        }))
+    }
+
+    fn compile(&self, graph: &Graph) -> Result<Box<dyn Program>> {
+        let ctx = self.ctx()?;
+        Ok(Box::new(program::WgpuProgram::new(ctx, graph)?))
+    }
+}
+
+/// Every shader family's full source (prelude + kernels), for validation with naga in tests.
+pub fn shader_sources() -> Vec<(String, String)> {
+    context::Shader::ALL
+        .iter()
+        .map(|s| (format!("{s:?}"), s.source()))
+        .collect()
+}
