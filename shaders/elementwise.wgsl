@@ -129,6 +129,6 @@ fn binary(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 @compute @workgroup_size(WG)
-fn cast(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn convert(@builtin(global_invocation_id) gid: vec3<u32>) {
     run(2u, gid);
 }

@@ -9,18 +9,20 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::backend::{Device, DeviceBuffer, Program, RunArgs};
+use crate::backend::{Device, DeviceBuffer, RunArgs};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ir::passes::{dce, validate};
 use crate::ir::{Graph, Offset, Op};
+use crate::placement::{FallbackPolicy, Placement, Segment, Src, place};
 use crate::shape::{Bindings, Dim, Shape, fmt_dims};
 use crate::tensor::{Tensor, TensorView};
 
 /// A graph compiled for a session's device. Reusable across runs and bound lengths.
 pub struct Compiled {
     graph: Graph,
-    program: Box<dyn Program>,
+    segments: Vec<Segment>,
+    placement: Placement,
     /// Per-run scalars used as write offsets (bound like symbolic dims).
     scalars: Vec<String>,
 }
@@ -29,6 +31,11 @@ impl Compiled {
     /// The graph as compiled (after validation and dead-node elimination).
     pub fn graph(&self) -> &Graph {
         &self.graph
+    }
+
+    /// Where each op runs (every run of this program runs them there).
+    pub fn placement(&self) -> &Placement {
+        &self.placement
     }
 }
 
@@ -71,6 +78,9 @@ pub struct Session {
     device: Device,
     weights: HashMap<String, Arc<dyn DeviceBuffer>>,
     states: HashMap<String, Arc<dyn DeviceBuffer>>,
+    /// Host copies of weights for CPU-fallback segments, made on first need.
+    cpu_weights: HashMap<String, Arc<dyn DeviceBuffer>>,
+    fallback: FallbackPolicy,
     seed: u64,
     counter: u64,
 }
@@ -111,6 +121,8 @@ impl Session {
             device: device.clone(),
             weights: HashMap::new(),
             states: HashMap::new(),
+            cpu_weights: HashMap::new(),
+            fallback: FallbackPolicy::Allow,
             seed: 0,
             counter: 0,
         }
@@ -131,7 +143,13 @@ impl Session {
             self.device.backend().upload(converted.view())?
         };
         self.weights.insert(name.to_string(), buf);
+        self.cpu_weights.remove(name);
         Ok(())
+    }
+
+    /// Sets what `compile` does with ops the device cannot run (default: `Allow`, on the CPU).
+    pub fn set_fallback(&mut self, policy: FallbackPolicy) {
+        self.fallback = policy;
     }
 
     /// Creates (or resets) the persistent state `name`, filled with zeros.
@@ -176,17 +194,7 @@ impl Session {
     pub fn compile(&self, graph: &Graph) -> Result<Compiled> {
         validate(graph)?;
         let graph = dce(graph);
-        let backend = self.device.backend();
-        for (i, node) in graph.nodes().iter().enumerate() {
-            if let Err(why) = backend.supports(&graph, crate::ir::NodeId(i)) {
-                return Err(Error::Unsupported(format!(
-                    "%{i} ({}) on device {}: {why}",
-                    node.op.name(),
-                    self.device.info().name
-                )));
-            }
-        }
-        let program = backend.compile(&graph)?;
+        let (segments, placement) = place(&graph, &self.device, self.fallback)?;
         let mut scalars = Vec::new();
         for node in graph.nodes() {
             if let Op::WriteState {
@@ -200,7 +208,8 @@ impl Session {
         }
         Ok(Compiled {
             graph,
-            program,
+            segments,
+            placement,
             scalars,
         })
     }
@@ -287,16 +296,19 @@ impl Session {
                 _ => {}
             }
         }
-        let args = RunArgs {
-            inputs: &by_name,
-            bindings: &bound,
-            weights: &self.weights,
-            states: &self.states,
-            seed: self.seed,
-            counter: self.counter,
+        let tensors = if let [seg] = program.segments.as_slice() {
+            let args = RunArgs {
+                inputs: &by_name,
+                bindings: &bound,
+                weights: &self.weights,
+                states: &self.states,
+                seed: self.seed,
+                counter: self.counter,
+            };
+            seg.program.submit(args)?.wait()?
+        } else {
+            self.run_segments(program, &by_name, &bound)?
         };
-        let pending = program.program.submit(args)?;
-        let tensors = pending.wait()?;
         self.counter = self.counter.wrapping_add(1);
         Ok(Outputs(
             graph
@@ -306,6 +318,68 @@ impl Session {
                 .zip(tensors)
                 .collect(),
         ))
+    }
+
+    /// Runs a graph split over the device and the CPU fallback, moving values through the host.
+    fn run_segments(
+        &mut self,
+        program: &Compiled,
+        user: &HashMap<String, TensorView<'_>>,
+        bound: &Bindings,
+    ) -> Result<Vec<Tensor>> {
+        let mut values: HashMap<usize, Tensor> = HashMap::new();
+        for seg in &program.segments {
+            if seg.fallback {
+                for node in program.graph.nodes() {
+                    if let Op::Weight { name } = &node.op
+                        && !self.cpu_weights.contains_key(name)
+                        && let Some(w) = self.weights.get(name)
+                    {
+                        let host = w.read()?;
+                        let buf = seg.device.backend().upload(host.view())?;
+                        self.cpu_weights.insert(name.clone(), buf);
+                    }
+                }
+            }
+            let mut inputs: HashMap<String, TensorView<'_>> = HashMap::new();
+            for (name, src) in &seg.inputs {
+                let view = match src {
+                    Src::User(n) => user.get(n).copied(),
+                    Src::Value(j) => values.get(j).map(Tensor::view),
+                };
+                let view = view.ok_or_else(|| {
+                    Error::InvalidGraph(format!("segment input `{name}` missing"))
+                })?;
+                inputs.insert(name.clone(), view);
+            }
+            let args = RunArgs {
+                inputs: &inputs,
+                bindings: bound,
+                weights: if seg.fallback {
+                    &self.cpu_weights
+                } else {
+                    &self.weights
+                },
+                states: &self.states,
+                seed: self.seed,
+                counter: self.counter,
+            };
+            let out = seg.program.submit(args)?.wait()?;
+            drop(inputs);
+            for (j, t) in seg.exports.iter().zip(out) {
+                values.insert(*j, t);
+            }
+        }
+        program
+            .graph
+            .outputs()
+            .iter()
+            .map(|(_, id)| {
+                values.get(&id.0).cloned().ok_or_else(|| {
+                    Error::InvalidGraph(format!("output %{} was not computed", id.0))
+                })
+            })
+            .collect()
     }
 }
 

@@ -1,7 +1,7 @@
 //! Shared test helpers: a seeded generator, tolerance checks that print index, actual, expected
 //! and bound, and running one graph on a device and on the f64 reference.
 
-use polytensor::{DType, Device, Graph, Result, Session, Tensor};
+use polytensor::{DType, Device, FallbackPolicy, Graph, Result, Session, Tensor};
 
 /// SplitMix64: a tiny seeded generator (no dependency, same sequence everywhere).
 pub struct Rng(u64);
@@ -42,6 +42,8 @@ pub fn run_on(
     bindings: &[(&str, usize)],
 ) -> Result<Vec<Tensor>> {
     let mut s = Session::new(device);
+    // A fallback must never make a device test pass.
+    s.set_fallback(FallbackPolicy::Deny);
     for (name, w) in weights {
         s.load_weight(name, w.view(), w.dtype())?;
     }
@@ -75,5 +77,57 @@ pub fn tol(dtype: DType) -> (f64, f64) {
         DType::F16 => (1e-3, 2.0 * DType::F16.epsilon() + 1e-5),
         DType::BF16 => (1e-3, 2.0 * DType::BF16.epsilon() + 1e-5),
         DType::U32 | DType::I32 => (0.0, 0.0),
+    }
+}
+
+/// The devices every conformance test runs on: the fast CPU path and every wgpu adapter.
+/// `POLYTENSOR_REQUIRE_GPU=vulkan,gl` (CI) names APIs that must be present: a missing one fails
+/// the test instead of skipping it; `=1` requires at least one GPU adapter.
+pub fn devices_under_test() -> Vec<Device> {
+    let all = Device::list();
+    let gpus: Vec<&Device> = all.iter().filter(|d| d.info().backend == "wgpu").collect();
+    if let Ok(req) = std::env::var("POLYTENSOR_REQUIRE_GPU") {
+        for api in req
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty() && *s != "0")
+        {
+            let found = if api == "1" {
+                !gpus.is_empty()
+            } else {
+                gpus.iter().any(|d| d.info().api.eq_ignore_ascii_case(api))
+            };
+            assert!(
+                found,
+                "POLYTENSOR_REQUIRE_GPU={req}: no `{api}` adapter found; devices: {:?}",
+                all.iter()
+                    .map(|d| d.info().name.clone())
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+    let mut out = vec![Device::cpu()];
+    out.extend(gpus.into_iter().cloned());
+    out
+}
+
+/// Runs `graph` on every device under test and compares each against the f64 reference with
+/// `tol(dtype of the output)`.
+pub fn conform(
+    what: &str,
+    graph: &Graph,
+    inputs: &[(&str, &Tensor)],
+    weights: &[(&str, &Tensor)],
+    tolerance: impl Fn(DType) -> (f64, f64),
+) {
+    let want = run_on(&Device::reference(), graph, inputs, weights, &[]).expect("reference run");
+    for device in devices_under_test() {
+        let name = &device.info().name;
+        let got = run_on(&device, graph, inputs, weights, &[])
+            .unwrap_or_else(|e| panic!("{what} on {name}: {e}"));
+        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+            let (atol, rtol) = tolerance(w.dtype());
+            assert_close(&format!("{what} on {name}, output {k}"), g, w, atol, rtol);
+        }
     }
 }

@@ -153,6 +153,26 @@ fn third_party_backend_registers_and_runs() {
     let a = g2.input("a", [3, 3], DType::F32);
     let m = g2.matmul(a, a).expect("matmul");
     g2.output("m", m).expect("out");
+    // Allow (the default): the matmul falls back to the CPU and the placement says so.
+    let p2 = s.compile(&g2).expect("fallback to the CPU");
+    assert_eq!(p2.placement().fallbacks, 1, "{:?}", p2.placement());
+    let m = p2
+        .placement()
+        .nodes
+        .iter()
+        .find(|(_, op, _)| *op == "matmul")
+        .expect("matmul placed");
+    assert_eq!(m.2, Device::cpu().info().name);
+    let x = Tensor::new(&[3, 3], vec![1f32, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 3.0]).expect("x");
+    let out = s
+        .run(&p2, &[("a", x.view())], &[])
+        .expect("run with fallback");
+    assert_eq!(
+        out.get("m").expect("m").to_f32_vec(),
+        vec![1.0, 0.0, 0.0, 0.0, 4.0, 0.0, 0.0, 0.0, 9.0]
+    );
+    // Deny: a clear Err naming the op and the backend's reason.
+    s.set_fallback(polytensor::FallbackPolicy::Deny);
     let e = s.compile(&g2).err().expect("unsupported op");
     assert!(
         matches!(e, Error::Unsupported(_)) && e.to_string().contains("fake backend"),

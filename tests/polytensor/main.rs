@@ -6,5 +6,6 @@ mod devices;
 mod errors;
 mod matmul;
 mod ops;
+mod shaders;
 mod state;
 mod text;

@@ -44,9 +44,6 @@ fn check(dtype: DType, (ba, bb, m, k, n): Case, ta: bool, tb: bool, rng: &mut Rn
     let y = g.matmul_t(ai, bi, ta, tb).expect("matmul builds");
     g.output("y", y).expect("output");
     let inputs = [("a", &a), ("b", &b)];
-    let fast = run_on(&Device::cpu(), &g, &inputs, &[], &[]).expect("fast");
-    let again = run_on(&Device::cpu(), &g, &inputs, &[], &[]).expect("fast again");
-    assert_eq!(fast[0], again[0], "results are the same from run to run");
     let want = run_on(&Device::reference(), &g, &inputs, &[], &[]).expect("reference");
     // Σ|a||b| per element bounds the f32 accumulation error.
     let (aa, ab) = (abs(&a), abs(&b));
@@ -58,13 +55,26 @@ fn check(dtype: DType, (ba, bb, m, k, n): Case, ta: bool, tb: bool, rng: &mut Rn
         &[],
     )
     .expect("magnitudes");
-    let what = format!("matmul {dtype} a{sa:?} b{sb:?} ta={ta} tb={tb}");
-    assert_eq!(fast[0].shape(), want[0].shape(), "{what}: shape");
-    let (got, exp, mag) = (
-        fast[0].to_f64_vec(),
-        want[0].to_f64_vec(),
-        mag[0].to_f64_vec(),
-    );
+    for device in crate::common::devices_under_test() {
+        let fast = run_on(&device, &g, &inputs, &[], &[]).expect("fast");
+        let again = run_on(&device, &g, &inputs, &[], &[]).expect("fast again");
+        assert_eq!(fast[0], again[0], "results are the same from run to run");
+        let what = format!(
+            "matmul {dtype} a{sa:?} b{sb:?} ta={ta} tb={tb} on {}",
+            device.info().name
+        );
+        assert_eq!(fast[0].shape(), want[0].shape(), "{what}: shape");
+        let (got, exp, mag) = (
+            fast[0].to_f64_vec(),
+            want[0].to_f64_vec(),
+            mag[0].to_f64_vec(),
+        );
+        check_values(&what, k, dtype, &got, &exp, &mag);
+    }
+}
+
+/// |got − ref| ≤ 2·K·ε·Σ|a||b| + one rounding of the output dtype, and NMSE ≤ 5e-4.
+fn check_values(what: &str, k: usize, dtype: DType, got: &[f64], exp: &[f64], mag: &[f64]) {
     let (mut err2, mut ref2) = (0.0, 0.0);
     for i in 0..got.len() {
         let bound = 2.0 * k as f64 * DType::F32.epsilon() * mag[i] * 1.01

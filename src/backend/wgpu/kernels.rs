@@ -79,7 +79,7 @@ pub(crate) fn elementwise_key(kind: Ew, a: DType, b: DType, out: DType) -> Pipel
             "binary",
             BinaryOp::ALL.iter().position(|&x| x == o).unwrap_or(0) as u32,
         ),
-        Ew::Cast => ("cast", 0),
+        Ew::Cast => ("convert", 0),
     };
     PipelineKey {
         shader: Shader::Elementwise,

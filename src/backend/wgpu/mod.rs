@@ -278,3 +278,75 @@ pub fn shader_sources() -> Vec<(String, String)> {
         .map(|s| (format!("{s:?}"), s.source()))
         .collect()
 }
+
+/// Every wgpu adapter again, as devices whose storage-binding limit is `bytes` (for tests of
+/// the over-limit paths with small tensors).
+pub fn devices_with_binding_limit(bytes: u64) -> Vec<Device> {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+        .into_iter()
+        .map(|a| Device::new(Arc::new(WgpuBackend::new(a, Some(bytes)))))
+        .collect()
+}
+
+/// One specialisation of a shader: (label, WGSL source, entry point, override constants).
+pub type ShaderVariant = (String, String, &'static str, Vec<(&'static str, f64)>);
+
+/// Every pipeline variant the backend can build (dtype × op × tile config × alignment), so a
+/// test can validate each with naga without a GPU.
+pub fn shader_variants() -> Vec<ShaderVariant> {
+    use crate::ir::{BinaryOp, ReduceOp, UnaryOp};
+    use kernels::{Ew, Tiles};
+    let mut keys = Vec::new();
+    for d in DType::FLOATS {
+        for u in UnaryOp::ALL {
+            keys.push(kernels::elementwise_key(Ew::Unary(u), d, d, d));
+        }
+        for b in BinaryOp::ALL {
+            keys.push(kernels::elementwise_key(Ew::Binary(b), d, d, d));
+        }
+        for r in [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Mean] {
+            keys.push(kernels::reduce_key(r, d, d));
+        }
+        for tiles in [
+            Tiles {
+                wx: 16,
+                wy: 16,
+                bk: 16,
+            },
+            Tiles {
+                wx: 8,
+                wy: 8,
+                bk: 8,
+            },
+        ] {
+            for aligned in [false, true] {
+                keys.push(kernels::matmul_key(tiles, d, d, d, aligned));
+            }
+        }
+    }
+    for from in DType::ALL {
+        keys.push(kernels::state_key(from));
+        for to in DType::ALL {
+            if from.is_float() == to.is_float() {
+                keys.push(kernels::elementwise_key(Ew::Cast, from, from, to));
+            }
+        }
+    }
+    keys.into_iter()
+        .map(|k| {
+            let consts = k
+                .constants
+                .iter()
+                .map(|&(n, v)| (n, f64::from(v)))
+                .collect();
+            (
+                format!("{:?}/{}", k.shader, k.entry),
+                k.shader.source(),
+                k.entry,
+                consts,
+            )
+        })
+        .collect()
+}
