@@ -47,3 +47,8 @@ pub use placement::{FallbackPolicy, Placement};
 pub use session::{Compiled, Outputs, Session};
 pub use shape::{Bindings, Dim, Shape};
 pub use tensor::{Element, Storage, StorageRef, Tensor, TensorView};
+
+/// The README's Rust snippets run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -4,6 +4,7 @@ mod common;
 mod conversions;
 mod devices;
 mod errors;
+mod gpu;
 mod matmul;
 mod ops;
 mod shaders;

@@ -4,7 +4,13 @@
 
 use polytensor::{DType, Device, Dim, Error, Graph, Offset, Session, Tensor};
 
-use crate::common::{Rng, assert_close, random, run_on};
+use crate::common::{Rng, assert_close, devices_under_test, random, run_on};
+
+fn all_devices() -> Vec<Device> {
+    let mut v = devices_under_test();
+    v.push(Device::reference());
+    v
+}
 
 fn accumulate_graph() -> Graph {
     let mut g = Graph::new();
@@ -17,7 +23,7 @@ fn accumulate_graph() -> Graph {
 
 #[test]
 fn state_accumulates_across_runs_and_is_shared_by_programs() {
-    for device in [Device::cpu(), Device::reference()] {
+    for device in all_devices() {
         let mut s = Session::new(&device);
         s.create_state("acc", &[3, 5], DType::F32).expect("state");
         let add = s.compile(&accumulate_graph()).expect("compile add");
@@ -71,7 +77,7 @@ fn kv_cache_style_writes_at_a_run_time_offset() {
         .write_state("kv", x, 1, Offset::Sym("pos".into()))
         .expect("write");
     g.output("cache", w).expect("out");
-    for device in [Device::cpu(), Device::reference()] {
+    for device in all_devices() {
         let mut s = Session::new(&device);
         s.create_state("kv", &[2, 8, 3], DType::BF16)
             .expect("state");
@@ -125,44 +131,48 @@ fn one_program_runs_at_several_bound_lengths() {
     let mut rng = Rng::new(21);
     let wt = random(&mut rng, &[16, 8], DType::F32, -1.0, 1.0);
     let bt = random(&mut rng, &[1, 8], DType::F32, -1.0, 1.0);
-    let mut s = Session::new(&Device::cpu());
-    s.load_weight("w", wt.view(), DType::F32).expect("weight");
-    let p = s.compile(&g).expect("compile once");
-    for seq in [1usize, 3, 17, 64] {
-        let xt = random(&mut rng, &[seq, 16], DType::F32, -1.0, 1.0);
-        let out = s
+    for device in devices_under_test() {
+        let name = device.info().name.clone();
+        let mut s = Session::new(&device);
+        s.set_fallback(polytensor::FallbackPolicy::Deny);
+        s.load_weight("w", wt.view(), DType::F32).expect("weight");
+        let p = s.compile(&g).expect("compile once");
+        for seq in [1usize, 3, 17, 64] {
+            let xt = random(&mut rng, &[seq, 16], DType::F32, -1.0, 1.0);
+            let out = s
+                .run(&p, &[("x", xt.view()), ("b", bt.view())], &[])
+                .expect("run");
+            let want = run_on(
+                &Device::reference(),
+                &g,
+                &[("x", &xt), ("b", &bt)],
+                &[("w", &wt)],
+                &[],
+            )
+            .expect("reference");
+            assert_eq!(out.get("y").expect("y").shape(), &[seq, 8]);
+            assert_close(
+                &format!("seq={seq} on {name}"),
+                out.get("y").expect("y"),
+                &want[0],
+                1e-5,
+                1e-5,
+            );
+        }
+        let xt = random(&mut rng, &[65, 16], DType::F32, -1.0, 1.0);
+        let err = s
             .run(&p, &[("x", xt.view()), ("b", bt.view())], &[])
-            .expect("run");
-        let want = run_on(
-            &Device::reference(),
-            &g,
-            &[("x", &xt), ("b", &bt)],
-            &[("w", &wt)],
-            &[],
-        )
-        .expect("reference");
-        assert_eq!(out.get("y").expect("y").shape(), &[seq, 8]);
-        assert_close(
-            &format!("seq={seq}"),
-            out.get("y").expect("y"),
-            &want[0],
-            1e-5,
-            1e-5,
+            .expect_err("over max");
+        assert!(
+            matches!(
+                err,
+                Error::DimOverMax {
+                    value: 65,
+                    max: 64,
+                    ..
+                }
+            ),
+            "{err}"
         );
     }
-    let xt = random(&mut rng, &[65, 16], DType::F32, -1.0, 1.0);
-    let err = s
-        .run(&p, &[("x", xt.view()), ("b", bt.view())], &[])
-        .expect_err("over max");
-    assert!(
-        matches!(
-            err,
-            Error::DimOverMax {
-                value: 65,
-                max: 64,
-                ..
-            }
-        ),
-        "{err}"
-    );
 }

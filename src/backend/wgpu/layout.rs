@@ -37,7 +37,7 @@ pub(crate) fn to_device<'a>(data: StorageRef<'a>, shape: &[usize]) -> Cow<'a, [u
     let dtype = data.dtype();
     let (last, p, phys) = geometry(dtype, shape);
     let bytes = data.as_bytes();
-    if p == last && bytes.len() % 4 == 0 {
+    if p == last && bytes.len().is_multiple_of(4) {
         return Cow::Borrowed(bytes);
     }
     let es = dtype.size_of();
@@ -56,8 +56,8 @@ pub(crate) fn from_device(bytes: &[u8], dtype: DType, shape: &[usize]) -> Result
     let n: usize = shape.iter().product();
     let es = dtype.size_of();
     let mut packed = Vec::with_capacity(n * es);
-    if last > 0 {
-        for r in 0..n / last {
+    if let Some(rows) = n.checked_div(last) {
+        for r in 0..rows {
             packed.extend_from_slice(&bytes[r * p * es..(r * p + last) * es]);
         }
     }

@@ -240,12 +240,11 @@ impl WgpuProgram {
             // Operands whose last reader is this node give their buffers back (after this
             // node's output was allocated, so a kernel never reads and writes one buffer).
             for j in &node.inputs {
-                if last_use[j.0] == i {
-                    if let Slot::Buf(b) = slots[j.0] {
-                        if !matches!(nodes[j.0].op, Op::Input { .. } | Op::Constant { .. }) {
-                            pool.release(b);
-                        }
-                    }
+                if last_use[j.0] == i
+                    && let Slot::Buf(b) = slots[j.0]
+                    && !matches!(nodes[j.0].op, Op::Input { .. } | Op::Constant { .. })
+                {
+                    pool.release(b);
                 }
             }
         }
@@ -301,7 +300,7 @@ impl WgpuProgram {
         i: usize,
         shapes: &[Vec<usize>],
         bindings: &Bindings,
-    ) -> Result<Option<(Vec<u8>, [u32; 3], bool)>> {
+    ) -> Result<Option<Launch>> {
         let node = &self.graph.nodes()[i];
         let ins: Vec<(DType, &[usize])> = node
             .inputs
@@ -367,6 +366,9 @@ impl WgpuProgram {
     }
 }
 
+/// A kernel's params bytes, grid and alignment class for one run.
+type Launch = (Vec<u8>, [u32; 3], bool);
+
 struct WgpuPending<'a> {
     program: &'a WgpuProgram,
     shapes: Vec<Vec<usize>>,
@@ -420,7 +422,7 @@ impl Program for WgpuProgram {
                         dtype: nodes[*node].dtype,
                     })?;
                     let image = to_device(view.data(), view.shape());
-                    if view.data().len() > 0 {
+                    if !view.data().is_empty() {
                         ctx.queue
                             .write_buffer(self.buffer(*node, &args)?, 0, &image);
                     }
@@ -473,7 +475,6 @@ impl Program for WgpuProgram {
                             resource: buf.as_entire_binding(),
                         })
                     };
-                    let out = self.buffer(*node, &args)?;
                     match n.op {
                         Op::WriteState { ref name, .. } => {
                             bind(0, self.buffer(n.inputs[0].0, &args)?);
@@ -490,7 +491,7 @@ impl Program for WgpuProgram {
                         }
                         Op::Reduce { .. } => {
                             bind(0, self.buffer(n.inputs[0].0, &args)?);
-                            bind(1, out);
+                            bind(1, self.buffer(*node, &args)?);
                             bind(2, params);
                         }
                         _ => {
@@ -501,7 +502,7 @@ impl Program for WgpuProgram {
                             };
                             bind(0, a);
                             bind(1, b);
-                            bind(2, out);
+                            bind(2, self.buffer(*node, &args)?);
                             bind(3, params);
                         }
                     }

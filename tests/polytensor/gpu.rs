@@ -1,0 +1,228 @@
+//! GPU-specific guarantees: 16-bit stores bit-identical to the CPU on inputs covering every f32
+//! exponent (repeated, on odd lengths and odd row lengths, where a race on a shared word would
+//! show), and placement: CPU fallback under `Allow` (reported), `Err` under `Deny`, tensors over
+//! the binding limit.
+
+use polytensor::backend::wgpu::devices_with_binding_limit;
+use polytensor::{DType, Device, Error, FallbackPolicy, Graph, Session, Tensor};
+
+use crate::common::{Rng, devices_under_test, run_on};
+
+fn gpus() -> Vec<Device> {
+    devices_under_test()
+        .into_iter()
+        .filter(|d| d.info().backend == "wgpu")
+        .collect()
+}
+
+/// f32 values covering every exponent (subnormals included), 16-bit ties, values beside the
+/// largest finite f16/bf16, NaN and ±Inf.
+fn every_exponent(n: usize, rng: &mut Rng) -> Vec<f32> {
+    let special = [
+        f32::NAN,
+        -f32::NAN,
+        f32::from_bits(0x7f80_0001),
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        65504.0,
+        65519.0,
+        65520.0,
+        -65536.0,
+        f32::MAX,
+        f32::MIN_POSITIVE,
+        f32::from_bits(1),
+        -0.0,
+        1.0 + 2f32.powi(-11),
+        1.0 + 2f32.powi(-8),
+        2f32.powi(-25),
+        3.0 * 2f32.powi(-25),
+        2f32.powi(-14) - 2f32.powi(-25),
+    ];
+    (0..n)
+        .map(|i| {
+            if i < special.len() {
+                return special[i];
+            }
+            let r = rng.next_u64();
+            let exp = (i as u32) % 256;
+            let man = (r as u32) & 0x7f_ffff;
+            // Every fourth value sits exactly on a 16-bit tie.
+            let man = if i % 4 == 0 {
+                (man & !0xffff) | 0x8000
+            } else {
+                man
+            };
+            f32::from_bits(((r >> 40) as u32 & 1) << 31 | exp << 23 | man)
+        })
+        .collect()
+}
+
+#[test]
+fn sixteen_bit_stores_are_bit_identical_to_the_cpu() {
+    let mut rng = Rng::new(30);
+    for shape in [&[100_003usize][..], &[301, 333]] {
+        let n: usize = shape.iter().product();
+        let x = Tensor::new(shape, every_exponent(n, &mut rng)).expect("x");
+        let mut g = Graph::new();
+        let xi = g.input("x", shape, DType::F32);
+        let h = g.cast(xi, DType::F16).expect("f16");
+        let b = g.cast(xi, DType::BF16).expect("bf16");
+        let hb = g.cast(h, DType::BF16).expect("f16→bf16");
+        let bh = g.cast(b, DType::F16).expect("bf16→f16");
+        let back = g.cast(h, DType::F32).expect("f16→f32");
+        for (name, id) in [("h", h), ("b", b), ("hb", hb), ("bh", bh), ("back", back)] {
+            g.output(name, id).expect("out");
+        }
+        let want = run_on(&Device::cpu(), &g, &[("x", &x)], &[], &[]).expect("cpu");
+        for device in gpus() {
+            let mut s = Session::new(&device);
+            s.set_fallback(FallbackPolicy::Deny);
+            let p = s.compile(&g).expect("compile");
+            for run in 0..4 {
+                let out = s.run(&p, &[("x", x.view())], &[]).expect("run");
+                for (k, ((name, got), w)) in out.iter().zip(&want).enumerate() {
+                    if got.as_bytes() != w.as_bytes() {
+                        let es = w.dtype().size_of();
+                        let i = (0..w.numel())
+                            .find(|&i| {
+                                got.as_bytes()[i * es..(i + 1) * es]
+                                    != w.as_bytes()[i * es..(i + 1) * es]
+                            })
+                            .unwrap_or(0);
+                        panic!(
+                            "{} run {run}: output {k} `{name}` {shape:?} differs at {i}: input {:#010x}, got {:?}, cpu {:?}",
+                            device.info().name,
+                            x.as_slice::<f32>().expect("f32")[i].to_bits(),
+                            &got.as_bytes()[i * es..(i + 1) * es],
+                            &w.as_bytes()[i * es..(i + 1) * es]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn odd_row_lengths_never_lose_a_half_word() {
+    // Correctly rounded f32 adds, stored in bf16/f16: the GPU must match the CPU bit for bit on
+    // every run; a read-modify-write race on a shared word would corrupt a neighbour.
+    let mut rng = Rng::new(31);
+    for dtype in [DType::BF16, DType::F16] {
+        for shape in [&[37usize, 783][..], &[5, 1], &[3, 17, 3]] {
+            let n: usize = shape.iter().product();
+            let a = Tensor::from_f32(shape, rng.vec(n, -4.0, 4.0), dtype).expect("a");
+            let b = Tensor::from_f32(shape, rng.vec(n, -4.0, 4.0), dtype).expect("b");
+            let mut g = Graph::new();
+            let (ai, bi) = (g.input("a", shape, dtype), g.input("b", shape, dtype));
+            let y = g.add(ai, bi).expect("add");
+            g.output("y", y).expect("out");
+            let want = run_on(&Device::cpu(), &g, &[("a", &a), ("b", &b)], &[], &[]).expect("cpu");
+            for device in gpus() {
+                for _ in 0..5 {
+                    let got = run_on(&device, &g, &[("a", &a), ("b", &b)], &[], &[]).expect("gpu");
+                    assert_eq!(
+                        got[0],
+                        want[0],
+                        "{dtype} {shape:?} on {}",
+                        device.info().name
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn unsupported_ops_fall_back_under_allow_and_fail_under_deny() {
+    // An int → float cast has no WGSL kernel (WGSL's conversion may round either way).
+    let mut g = Graph::new();
+    let i = g.input("i", [3, 5], DType::I32);
+    let x = g.input("x", [3, 5], DType::F32);
+    let f = g.cast(i, DType::F32).expect("cast");
+    let y = g.add(f, x).expect("add");
+    let y = g.cast(y, DType::BF16).expect("to bf16");
+    g.output("y", y).expect("out");
+    let it = Tensor::new(&[3, 5], (0..15).map(|v| v - 7).collect::<Vec<i32>>()).expect("i");
+    let xt = Tensor::new(&[3, 5], vec![0.5f32; 15]).expect("x");
+    let want = run_on(
+        &Device::reference(),
+        &g,
+        &[("i", &it), ("x", &xt)],
+        &[],
+        &[],
+    )
+    .expect("reference");
+    for device in gpus() {
+        let mut s = Session::new(&device);
+        let p = s.compile(&g).expect("Allow compiles with a fallback");
+        let report = p.placement();
+        assert_eq!(report.fallbacks, 1, "{report:?}");
+        let cast = report
+            .nodes
+            .iter()
+            .find(|(id, _, _)| *id == 2)
+            .expect("cast placed");
+        assert_eq!(cast.2, Device::cpu().info().name, "{report:?}");
+        let add = report
+            .nodes
+            .iter()
+            .find(|(_, op, _)| *op == "binary")
+            .expect("add placed");
+        assert_eq!(add.2, device.info().name, "{report:?}");
+        let out = s
+            .run(&p, &[("i", it.view()), ("x", xt.view())], &[])
+            .expect("run");
+        assert_eq!(out.get("y").expect("y"), &want[0]);
+        s.set_fallback(FallbackPolicy::Deny);
+        let e = s.compile(&g).err().expect("Deny refuses");
+        assert!(
+            matches!(e, Error::Unsupported(_)) && e.to_string().contains("i32→f32"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn tensors_over_the_binding_limit_fall_back_or_fail_clearly() {
+    let mut rng = Rng::new(32);
+    let w = Tensor::new(&[64, 48], rng.vec(64 * 48, -1.0, 1.0)).expect("w");
+    let x = Tensor::new(&[5, 64], rng.vec(5 * 64, -1.0, 1.0)).expect("x");
+    let mut g = Graph::new();
+    let xi = g.input("x", [5, 64], DType::F32);
+    let wi = g.weight("w", [64, 48], DType::F32);
+    let y = g.matmul(xi, wi).expect("matmul");
+    let y = g.unary(polytensor::UnaryOp::Relu, y).expect("relu");
+    g.output("y", y).expect("out");
+    let want =
+        run_on(&Device::reference(), &g, &[("x", &x)], &[("w", &w)], &[]).expect("reference");
+    // A 4 KiB binding limit: the 12 KiB weight is over it, the 960-byte activations are not.
+    let small = devices_with_binding_limit(4096);
+    assert_eq!(small.len(), gpus().len());
+    for device in small {
+        let mut s = Session::new(&device);
+        s.load_weight("w", w.view(), DType::F32).expect("weight");
+        let p = s.compile(&g).expect("Allow");
+        assert_eq!(p.placement().fallbacks, 1, "{:?}", p.placement());
+        let out = s.run(&p, &[("x", x.view())], &[]).expect("run");
+        crate::common::assert_close(
+            "over-limit matmul",
+            out.get("y").expect("y"),
+            &want[0],
+            1e-5,
+            1e-5,
+        );
+        s.set_fallback(FallbackPolicy::Deny);
+        let e = s.compile(&g).err().expect("Deny");
+        assert!(e.to_string().contains("binding limit 4096"), "{e}");
+    }
+}
+
+#[test]
+fn an_unknown_device_query_is_a_clear_error() {
+    let e = Device::select(&Device::list(), Some("no-such-gpu")).expect_err("unknown");
+    assert!(
+        e.to_string().contains("no-such-gpu") && e.to_string().contains("[0]"),
+        "{e}"
+    );
+}
