@@ -157,3 +157,104 @@ fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
         }
     }
 }
+
+// The variant for adapters that run shaders on CPU cores (lavapipe, llvmpipe, WARP): no
+// workgroup memory and no barriers (a barrier splits the shader into coroutines there), and
+// output columns interleaved across invocations so that the B loads of neighbouring invocations
+// — the SIMD lanes — are contiguous. Each invocation owns 4 rows × 4 columns: for f32 the
+// columns lane + j·DWG (j < 4); for 16-bit outputs two whole words (column pairs) word + j·DWG
+// (j < 2), so no word is ever shared.
+override DWG: u32 = 64u;
+
+// Element (k, c) of B; c is already clamped into range (columns past N compute garbage that
+// is never stored), so the inner loop has no branches.
+fn b_at(b_base: u32, k: u32, c: u32) -> f32 {
+    return load_b(b_base + select(k * P.b_pitch + c, c * P.b_pitch + k, P.tb == 1u));
+}
+
+fn a_at(a_base: u32, i: u32, k: u32) -> f32 {
+    return load_a(a_base + select(i * P.a_pitch + k, k * P.a_pitch + i, P.ta == 1u));
+}
+
+fn store_row(base: u32, cols: vec4<u32>, v: vec4<f32>, pairs: bool) {
+    if (pairs) {
+        for (var p = 0u; p < 2u; p++) {
+            let gj = cols[2u * p];
+            if (gj < P.out_pitch) {
+                let lo = select(0u, encode_bits(DT_OUT, bitcast<u32>(v[2u * p])), gj < P.n);
+                let hi = select(0u, encode_bits(DT_OUT, bitcast<u32>(v[2u * p + 1u])), gj + 1u < P.n);
+                out[(base + gj) >> 1u] = lo | (hi << 16u);
+            }
+        }
+    } else {
+        for (var c = 0u; c < 4u; c++) {
+            if (cols[c] < P.n) {
+                out[base + cols[c]] = encode_bits(DT_OUT, bitcast<u32>(v[c]));
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(DWG)
+fn matmul_direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    var rem = wid.z;
+    var ma = 0u;
+    var mb = 0u;
+    for (var d = i32(P.nb) - 1; d >= 0; d--) {
+        let n = P.bdims[d];
+        let i = rem % n;
+        rem = rem / n;
+        ma += i * P.sa[d];
+        mb += i * P.sb[d];
+    }
+    let a_base = ma * select(P.m, P.k, P.ta == 1u) * P.a_pitch;
+    let b_base = mb * select(P.k, P.n, P.tb == 1u) * P.b_pitch;
+    let o_base = wid.z * P.m * P.out_pitch;
+    let row0 = wid.y * 8u;
+    let pairs = is16(DT_OUT);
+    var cols: vec4<u32>;
+    if (pairs) {
+        let w0 = wid.x * DWG * 2u + lid.x;
+        cols = vec4<u32>(2u * w0, 2u * w0 + 1u, 2u * (w0 + DWG), 2u * (w0 + DWG) + 1u);
+    } else {
+        let c0 = wid.x * DWG * 4u + lid.x;
+        cols = vec4<u32>(c0, c0 + DWG, c0 + 2u * DWG, c0 + 3u * DWG);
+    }
+    let last = P.n - 1u;
+    let cc = min(cols, vec4<u32>(last));
+    // Rows past M read row M-1 (in bounds) and are never stored.
+    let mm = P.m - 1u;
+    let r0 = min(row0, mm);
+    let r1 = min(row0 + 1u, mm);
+    let r2 = min(row0 + 2u, mm);
+    let r3 = min(row0 + 3u, mm);
+    let r4 = min(row0 + 4u, mm);
+    let r5 = min(row0 + 5u, mm);
+    let r6 = min(row0 + 6u, mm);
+    let r7 = min(row0 + 7u, mm);
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    var acc4 = vec4<f32>(0.0);
+    var acc5 = vec4<f32>(0.0);
+    var acc6 = vec4<f32>(0.0);
+    var acc7 = vec4<f32>(0.0);
+    for (var k = 0u; k < P.k; k++) {
+        let bv = vec4<f32>(b_at(b_base, k, cc.x), b_at(b_base, k, cc.y), b_at(b_base, k, cc.z), b_at(b_base, k, cc.w));
+        acc0 = fma(vec4<f32>(a_at(a_base, r0, k)), bv, acc0);
+        acc1 = fma(vec4<f32>(a_at(a_base, r1, k)), bv, acc1);
+        acc2 = fma(vec4<f32>(a_at(a_base, r2, k)), bv, acc2);
+        acc3 = fma(vec4<f32>(a_at(a_base, r3, k)), bv, acc3);
+        acc4 = fma(vec4<f32>(a_at(a_base, r4, k)), bv, acc4);
+        acc5 = fma(vec4<f32>(a_at(a_base, r5, k)), bv, acc5);
+        acc6 = fma(vec4<f32>(a_at(a_base, r6, k)), bv, acc6);
+        acc7 = fma(vec4<f32>(a_at(a_base, r7, k)), bv, acc7);
+    }
+    let accs = array<vec4<f32>, 8>(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7);
+    for (var r = 0u; r < 8u; r++) {
+        if (row0 + r < P.m) {
+            store_row(o_base + (row0 + r) * P.out_pitch, cols, accs[r], pairs);
+        }
+    }
+}

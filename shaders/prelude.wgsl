@@ -28,26 +28,20 @@ fn phys(l: u32, last: u32, pitch: u32) -> u32 {
     return (l / n) * pitch + l % n;
 }
 
-// f16 bits → f32 bits (exact; NaN made quiet with its payload kept).
+// f16 bits → f32 bits (exact; NaN made quiet with its payload kept). Branch-free: every case is
+// computed and one is selected, which keeps SIMD lanes together on CPU-emulated adapters.
 fn f16_to_f32_bits(h: u32) -> u32 {
     let sign = (h & 0x8000u) << 16u;
     let e = (h >> 10u) & 0x1fu;
     let m = h & 0x3ffu;
-    if (e == 0x1fu) {
-        if (m == 0u) {
-            return sign | 0x7f800000u;
-        }
-        return sign | 0x7fc00000u | (m << 13u);
-    }
-    if (e == 0u) {
-        if (m == 0u) {
-            return sign;
-        }
-        // m · 2^-24 with its leading one at bit p (0..9): shifts stay below 32.
-        let p = 31u - countLeadingZeros(m);
-        return sign | ((p + 103u) << 23u) | ((m << (23u - p)) & 0x7fffffu);
-    }
-    return sign | ((e + 112u) << 23u) | (m << 13u);
+    let normal = sign | ((e + 112u) << 23u) | (m << 13u);
+    let inf_nan = sign | 0x7f800000u | select(0u, 0x400000u | (m << 13u), m != 0u);
+    // A subnormal m · 2^-24 has its leading one at bit p (0..9): shifts stay below 32.
+    let p = 31u - countLeadingZeros(max(m, 1u));
+    let sub = sign | ((p + 103u) << 23u) | ((m << (23u - p)) & 0x7fffffu);
+    var r = select(normal, inf_nan, e == 0x1fu);
+    r = select(r, select(sub, sign, m == 0u), e == 0u);
+    return r;
 }
 
 // f32 bits → f16 bits, round to nearest even (subnormals exact, ≥ 65520 → Inf, NaN quiet).

@@ -31,6 +31,9 @@ enum Command {
         /// Timed runs per device and dtype (the best is reported).
         #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// Only devices whose name contains this (case-insensitive), e.g. `vulkan`.
+        #[arg(long)]
+        device: Option<String>,
     },
 }
 
@@ -38,7 +41,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Devices => devices(),
-        Command::Demo { n, runs } => demo(n, runs.max(1)),
+        Command::Demo { n, runs, device } => demo(n, runs.max(1), device.as_deref()),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -113,8 +116,12 @@ fn matmul_graph(n: usize, dtype: DType) -> Result<Graph> {
     Ok(g)
 }
 
-fn demo(n: usize, runs: usize) -> Result<bool> {
-    let list = Device::list();
+fn demo(n: usize, runs: usize, filter: Option<&str>) -> Result<bool> {
+    let mut list = Device::list();
+    if let Some(f) = filter {
+        let f = f.to_lowercase();
+        list.retain(|d| d.info().name.to_lowercase().contains(&f));
+    }
     let auto = Device::auto()?;
     let gpus = list.iter().filter(|d| d.info().backend != "cpu").count();
     println!(

@@ -9,7 +9,7 @@ use crate::common::{Rng, random, run_on};
 /// (batch of a, batch of b, m, k, n)
 type Case = (&'static [usize], &'static [usize], usize, usize, usize);
 
-const CASES: [Case; 12] = [
+const CASES: [Case; 14] = [
     (&[], &[], 1, 1, 1),
     (&[], &[], 3, 17, 50),
     (&[], &[], 783, 3, 17),
@@ -22,6 +22,9 @@ const CASES: [Case; 12] = [
     (&[1], &[4], 3, 50, 7),
     (&[5], &[], 33, 17, 1),
     (&[], &[2, 1, 2], 9, 16, 3),
+    // K and N multiples of 8: the vectorised CPU-adapter kernels, with broadcast batches.
+    (&[2, 1], &[3], 7, 16, 24),
+    (&[], &[], 40, 64, 32),
 ];
 
 fn abs(t: &Tensor) -> Tensor {

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 pub(crate) enum Shader {
     Elementwise,
     Matmul,
+    MatmulCpu,
     Reduce,
     State,
 }
@@ -21,9 +22,10 @@ const PRELUDE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders
 
 impl Shader {
     /// Every family (for the naga test).
-    pub(crate) const ALL: [Shader; 4] = [
+    pub(crate) const ALL: [Shader; 5] = [
         Shader::Elementwise,
         Shader::Matmul,
+        Shader::MatmulCpu,
         Shader::Reduce,
         Shader::State,
     ];
@@ -36,6 +38,12 @@ impl Shader {
             )),
             Shader::Matmul => {
                 include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/matmul.wgsl"))
+            }
+            Shader::MatmulCpu => {
+                include_str!(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/shaders/matmul_cpu.wgsl"
+                ))
             }
             Shader::Reduce => {
                 include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/reduce.wgsl"))
@@ -54,7 +62,7 @@ impl Shader {
     /// Bindings: (read-only storage count, then one read-write storage, then the params uniform).
     fn read_only(self) -> u32 {
         match self {
-            Shader::Elementwise | Shader::Matmul => 2,
+            Shader::Elementwise | Shader::Matmul | Shader::MatmulCpu => 2,
             Shader::Reduce | Shader::State => 1,
         }
     }
@@ -78,6 +86,8 @@ pub(crate) struct Ctx {
     pub queue: wgpu::Queue,
     pub limits: wgpu::Limits,
     pub name: String,
+    /// The adapter runs shaders on CPU cores (lavapipe, llvmpipe, WARP).
+    pub software: bool,
     errors: Arc<Mutex<Vec<String>>>,
     modules: Mutex<HashMap<Shader, Arc<wgpu::ShaderModule>>>,
     pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
@@ -117,6 +127,7 @@ impl Ctx {
             device,
             queue,
             name: name.to_string(),
+            software: adapter.get_info().device_type == wgpu::DeviceType::Cpu,
             errors,
             modules: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(HashMap::new()),

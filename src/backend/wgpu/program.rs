@@ -55,6 +55,9 @@ pub(crate) struct WgpuProgram {
 
 /// Tile shape per adapter class.
 fn tiles_for(ctx: &Ctx) -> Tiles {
+    if ctx.software {
+        return Tiles::direct(64);
+    }
     let max = ctx.limits.max_compute_invocations_per_workgroup;
     if max >= 256 && ctx.limits.max_compute_workgroup_storage_size >= 16 * 1024 {
         Tiles {
@@ -88,8 +91,12 @@ fn pipelines_for(
         Op::MatMul { .. } => {
             let general =
                 ctx.pipeline(&kernels::matmul_key(tiles, dt(0), dt(1), node.dtype, false))?;
-            let aligned =
-                ctx.pipeline(&kernels::matmul_key(tiles, dt(0), dt(1), node.dtype, true))?;
+            // CPU adapters: the "aligned" class is the vectorised kernel of matmul_cpu.wgsl.
+            let aligned = if tiles.is_direct() {
+                ctx.pipeline(&kernels::matmul_vec_key(tiles, dt(0), dt(1), node.dtype))?
+            } else {
+                ctx.pipeline(&kernels::matmul_key(tiles, dt(0), dt(1), node.dtype, true))?
+            };
             return Ok(Some([general, aligned]));
         }
         Op::Input { .. } | Op::Weight { .. } | Op::State { .. } | Op::Constant { .. } => {

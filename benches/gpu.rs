@@ -1,0 +1,224 @@
+//! wgpu backend benchmark on every adapter: matmul GFLOP/s (f32, f16, bf16; n = 256…2048), the
+//! first call of a new shape (cold: first pipeline build in the process; warm: pipelines cached),
+//! and the overhead of a one-op `Session::run` with readback next to a raw wgpu submit-and-wait of
+//! the same tiny kernel, measured in the same run.
+//!
+//! Run: `cargo bench --bench gpu` (`-- 1024` for one size; `POLYTENSOR_BENCH_SECS` per point).
+//! A custom harness rather than criterion: one lavapipe matmul at n = 2048 takes seconds.
+
+use std::time::{Duration, Instant};
+
+use polytensor::{DType, Device, FallbackPolicy, Graph, Session, Tensor};
+
+fn data(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Median seconds of `f` over runs filling `budget` (at least 3 runs).
+fn median(budget: Duration, mut f: impl FnMut()) -> f64 {
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < 3 || (start.elapsed() < budget && times.len() < 200) {
+        let t = Instant::now();
+        f();
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+fn matmul_graph(n: usize, dtype: DType) -> Graph {
+    let mut g = Graph::new();
+    let a = g.input("a", [n, n], dtype);
+    let b = g.input("b", [n, n], dtype);
+    let c = g.matmul(a, b).expect("matmul");
+    g.output("c", c).expect("output");
+    g
+}
+
+const TINY: &str = r#"
+@group(0) @binding(0) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read_write> c: array<f32>;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+    if (g.x < arrayLength(&c)) { c[g.x] = a[g.x] + b[g.x]; }
+}
+"#;
+
+/// A raw wgpu submit-and-wait of a 64-element add: write the inputs, dispatch, copy to a
+/// staging buffer, map, wait, read. The floor any runtime on this adapter pays per run.
+fn raw_submit_and_wait(adapter: &wgpu::Adapter, budget: Duration) -> f64 {
+    let (device, queue) =
+        pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default()))
+            .expect("device");
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: None,
+        source: wgpu::ShaderSource::Wgsl(TINY.into()),
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: None,
+        layout: None,
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let mk = |usage| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: 256,
+            usage,
+            mapped_at_creation: false,
+        })
+    };
+    let st =
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+    let (a, b, c) = (mk(st), mk(st), mk(st));
+    let staging = mk(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+    let bg = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &[
+            wgpu::BindGroupEntry {
+                binding: 0,
+                resource: a.as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 1,
+                resource: b.as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 2,
+                resource: c.as_entire_binding(),
+            },
+        ],
+    });
+    let input = vec![1f32; 64];
+    median(budget, || {
+        queue.write_buffer(&a, 0, bytemuck::cast_slice(&input));
+        queue.write_buffer(&b, 0, bytemuck::cast_slice(&input));
+        let mut enc = device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bg, &[]);
+            pass.dispatch_workgroups(1, 1, 1);
+        }
+        enc.copy_buffer_to_buffer(&c, 0, &staging, 0, 256);
+        queue.submit([enc.finish()]);
+        staging.map_async(wgpu::MapMode::Read, .., |r| r.expect("map"));
+        device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .expect("poll");
+        let out: Vec<f32> =
+            bytemuck::pod_collect_to_vec(&staging.get_mapped_range(..).expect("range"));
+        staging.unmap();
+        assert_eq!(out[0], 2.0);
+    })
+}
+
+fn main() {
+    let filter: Option<usize> = std::env::args().skip(1).find_map(|a| a.parse().ok());
+    let secs: f64 = std::env::var("POLYTENSOR_BENCH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3.0);
+    let budget = Duration::from_secs_f64(secs);
+    let sizes: Vec<usize> = [256, 512, 1024, 2048]
+        .into_iter()
+        .filter(|n| filter.is_none_or(|f| f == *n))
+        .collect();
+    let gpus: Vec<Device> = Device::list()
+        .into_iter()
+        .filter(|d| d.info().backend == "wgpu")
+        .collect();
+    if gpus.is_empty() {
+        println!("no wgpu adapter found (see README: .ci/setup installs lavapipe)");
+        return;
+    }
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    println!("| device | dtype | n | first call (ms) | median (ms) | GFLOP/s |");
+    println!("|---|---|---|---|---|---|");
+    let mut overhead = Vec::new();
+    for device in &gpus {
+        let name = device.info().name.clone();
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            for &n in &sizes {
+                let a = Tensor::from_f32(&[n, n], data(n * n, 1), dtype).expect("a");
+                let b = Tensor::from_f32(&[n, n], data(n * n, 2), dtype).expect("b");
+                let mut s = Session::new(device);
+                s.set_fallback(FallbackPolicy::Deny);
+                let inputs = [("a", a.view()), ("b", b.view())];
+                let t = Instant::now();
+                let p = s.compile(&matmul_graph(n, dtype)).expect("compile");
+                s.run(&p, &inputs, &[]).expect("first run");
+                let first = t.elapsed().as_secs_f64();
+                let med = median(budget, || {
+                    s.run(&p, &inputs, &[]).expect("run");
+                });
+                let gf = 2.0 * (n as f64).powi(3) / med / 1e9;
+                println!(
+                    "| {name} | {dtype} | {n} | {:.0} | {:.2} | {gf:.2} |",
+                    first * 1e3,
+                    med * 1e3
+                );
+            }
+        }
+        // One tiny op through the whole session path vs a raw submit-and-wait.
+        let x = Tensor::new(&[64], vec![1f32; 64]).expect("x");
+        let mut g = Graph::new();
+        let (xa, xb) = (
+            g.input("a", [64], DType::F32),
+            g.input("b", [64], DType::F32),
+        );
+        let y = g.add(xa, xb).expect("add");
+        g.output("y", y).expect("out");
+        let mut s = Session::new(device);
+        let p = s.compile(&g).expect("compile");
+        let ours = median(budget, || {
+            s.run(&p, &[("a", x.view()), ("b", x.view())], &[])
+                .expect("run");
+        });
+        let adapter = adapters
+            .iter()
+            .find(|a| {
+                name.starts_with(&a.get_info().name) && name.contains(&format!("[{}]", api(a)))
+            })
+            .expect("same adapter");
+        let raw = raw_submit_and_wait(adapter, budget);
+        overhead.push((name, ours, raw));
+    }
+    println!(
+        "\n| device | one-op Session::run + readback (µs) | raw wgpu submit + wait (µs) | ratio |"
+    );
+    println!("|---|---|---|---|");
+    for (name, ours, raw) in overhead {
+        println!(
+            "| {name} | {:.0} | {:.0} | {:.2} |",
+            ours * 1e6,
+            raw * 1e6,
+            ours / raw
+        );
+    }
+}
+
+fn api(a: &wgpu::Adapter) -> &'static str {
+    match a.get_info().backend {
+        wgpu::Backend::Vulkan => "Vulkan",
+        wgpu::Backend::Gl => "GL",
+        wgpu::Backend::Metal => "Metal",
+        wgpu::Backend::Dx12 => "DX12",
+        _ => "other",
+    }
+}
