@@ -11,6 +11,7 @@ override DT_OUT: u32 = 0u;
 // Binary: 0 add, 1 sub, 2 mul, 3 div, 4 max.
 override OP: u32 = 0u;
 override WG: u32 = 256u;
+override ROUND: u32 = 0u;     // 0 nearest even, 1 stochastic (keys in params)
 
 struct Params {
     dims: array<vec4<u32>, 2>,   // out dims, outermost first, `rank` of them
@@ -25,8 +26,8 @@ struct Params {
     b_last: u32,
     b_pitch: u32,
     row_words: u32,              // invocations per dispatch row (2-D dispatch for large tensors)
-    _p0: u32,
-    _p1: u32,
+    ka: u32,                     // stochastic-rounding keys of this node and run
+    kb: u32,
     _p2: u32,
 }
 
@@ -38,6 +39,16 @@ struct Params {
 fn load_a(l: u32) -> u32 {
     let e = phys(l, P.a_last, P.a_pitch);
     return elem_bits(DT_A, a[word_of(DT_A, e)], (e & 1u) == 1u);
+}
+
+// The stored bits of a's element (16 bits for f16/bf16), undecoded.
+fn load_a_raw(l: u32) -> u32 {
+    let e = phys(l, P.a_last, P.a_pitch);
+    let w = a[word_of(DT_A, e)];
+    if (is16(DT_A)) {
+        return select(w & 0xffffu, w >> 16u, (e & 1u) == 1u);
+    }
+    return w;
 }
 
 fn load_b(l: u32) -> u32 {
@@ -102,15 +113,20 @@ fn run(kind: u32, gid: vec3<u32>) {
         if (col < P.out_last) {
             let l = (pe / P.out_pitch) * P.out_last + col;
             let o = offsets(l);
+            let sr = ROUND == 1u;
+            let keys = vec2<u32>(P.ka, P.kb);
             if (kind == 0u) {
-                bits = encode_bits(DT_OUT, bitcast<u32>(unary_op(bitcast<f32>(load_a(o.x)))));
+                bits = encode_round(DT_OUT, bitcast<u32>(unary_op(bitcast<f32>(load_a(o.x)))), sr, keys, l);
             } else if (kind == 1u) {
                 let x = bitcast<f32>(load_a(o.x));
                 let y = bitcast<f32>(load_b(o.y));
-                bits = encode_bits(DT_OUT, bitcast<u32>(binary_op(x, y)));
+                bits = encode_round(DT_OUT, bitcast<u32>(binary_op(x, y)), sr, keys, l);
+            } else if (DT_A == DT_OUT) {
+                // A cast to its own dtype copies the stored bits (signalling NaNs included).
+                bits = load_a_raw(o.x);
             } else {
                 // Cast: integer bits end to end (NaN, ±Inf and subnormals carried exactly).
-                bits = encode_bits(DT_OUT, load_a(o.x));
+                bits = encode_round(DT_OUT, load_a(o.x), sr, keys, l);
             }
         }
         word |= bits << (16u * h);

@@ -9,6 +9,7 @@
 override DT_A: u32 = 0u;
 override DT_B: u32 = 0u;
 override DT_OUT: u32 = 0u;
+override ROUND: u32 = 0u;   // 0 nearest even, 1 stochastic
 override WX: u32 = 16u;          // invocations along N
 override WY: u32 = 16u;          // invocations along M
 override BK: u32 = 16u;
@@ -31,8 +32,8 @@ struct Params {
     out_pitch: u32,
     ta: u32,
     tb: u32,
-    _p0: u32,
-    _p1: u32,
+    ka: u32,     // stochastic-rounding keys of this node and run
+    kb: u32,
     _p2: u32,
 }
 
@@ -50,6 +51,11 @@ fn load_a(e: u32) -> f32 {
 
 fn load_b(e: u32) -> f32 {
     return bitcast<f32>(elem_bits(DT_B, b[word_of(DT_B, e)], (e & 1u) == 1u));
+}
+
+// The stored bits of an output value at logical flat index `l`, with the node's rounding.
+fn enc_at(v: f32, l: u32) -> u32 {
+    return encode_round(DT_OUT, bitcast<u32>(v), ROUND == 1u, vec2<u32>(P.ka, P.kb), l);
 }
 
 @compute @workgroup_size(WX, WY)
@@ -137,14 +143,15 @@ fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
             continue;
         }
         let base = o_base + gi * P.out_pitch;
+        let lrow = (wid.z * P.m + gi) * P.n;
         if (is16(DT_OUT)) {
             // Two whole words per row: columns (c0, c0+1) and (c0+2, c0+3); the pad column of an
             // odd N is written as zero by the invocation that owns its word.
             for (var p = 0u; p < 2u; p++) {
                 let gj = c0 + 2u * p;
                 if (gj < P.out_pitch) {
-                    let lo = select(0u, encode_bits(DT_OUT, bitcast<u32>(acc[r][2u * p])), gj < P.n);
-                    let hi = select(0u, encode_bits(DT_OUT, bitcast<u32>(acc[r][2u * p + 1u])), gj + 1u < P.n);
+                    let lo = select(0u, enc_at(acc[r][2u * p], lrow + gj), gj < P.n);
+                    let hi = select(0u, enc_at(acc[r][2u * p + 1u], lrow + gj + 1u), gj + 1u < P.n);
                     out[(base + gj) >> 1u] = lo | (hi << 16u);
                 }
             }
@@ -176,13 +183,14 @@ fn a_at(a_base: u32, i: u32, k: u32) -> f32 {
     return load_a(a_base + select(i * P.a_pitch + k, k * P.a_pitch + i, P.ta == 1u));
 }
 
-fn store_row(base: u32, cols: vec4<u32>, v: vec4<f32>, pairs: bool) {
+// Stores one row of an invocation's block; `lrow` is the row's logical flat index.
+fn store_row(base: u32, lrow: u32, cols: vec4<u32>, v: vec4<f32>, pairs: bool) {
     if (pairs) {
         for (var p = 0u; p < 2u; p++) {
             let gj = cols[2u * p];
             if (gj < P.out_pitch) {
-                let lo = select(0u, encode_bits(DT_OUT, bitcast<u32>(v[2u * p])), gj < P.n);
-                let hi = select(0u, encode_bits(DT_OUT, bitcast<u32>(v[2u * p + 1u])), gj + 1u < P.n);
+                let lo = select(0u, enc_at(v[2u * p], lrow + gj), gj < P.n);
+                let hi = select(0u, enc_at(v[2u * p + 1u], lrow + gj + 1u), gj + 1u < P.n);
                 out[(base + gj) >> 1u] = lo | (hi << 16u);
             }
         }
@@ -254,7 +262,7 @@ fn matmul_direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgrou
     let accs = array<vec4<f32>, 8>(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7);
     for (var r = 0u; r < 8u; r++) {
         if (row0 + r < P.m) {
-            store_row(o_base + (row0 + r) * P.out_pitch, cols, accs[r], pairs);
+            store_row(o_base + (row0 + r) * P.out_pitch, (wid.z * P.m + row0 + r) * P.n, cols, accs[r], pairs);
         }
     }
 }

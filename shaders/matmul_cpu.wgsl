@@ -1,14 +1,16 @@
-// matmul_cpu.wgsl — matmul for adapters that run shaders on CPU cores (lavapipe, llvmpipe, WARP),
-// aligned, untransposed case. There each invocation is a SIMD lane and every storage load is a
+// matmul_cpu.wgsl — 16-bit matmul for adapters that run shaders on CPU cores (lavapipe,
+// llvmpipe, WARP), aligned, untransposed case (f32 uses matmul.wgsl's matmul_direct, which
+// measured faster there than 16-byte loads). There each invocation is a SIMD lane and every storage load is a
 // per-lane gather with a bounds check, so the kernel maximises multiply-adds per load: 16-byte
 // loads (vec4<u32>) along K for A and along N for B, and a 4-row register block.
 //
-// a: (batch.., M, K), b: (batch.., K, N), out: (batch.., M, N), with K and N multiples of 4
-// (f32) or 8 (f16/bf16: a word holds two elements, a vec4<u32> eight).
+// a: (batch.., M, K), b: (batch.., K, N), out: (batch.., M, N), f16 or bf16, with K and N
+// multiples of 8 (a word holds two elements, a vec4<u32> eight).
 
 override DT_A: u32 = 0u;
 override DT_B: u32 = 0u;
 override DT_OUT: u32 = 0u;
+override ROUND: u32 = 0u;   // 0 nearest even, 1 stochastic
 override DWG: u32 = 64u;
 
 struct Params {
@@ -24,8 +26,8 @@ struct Params {
     out_pitch: u32,
     ta: u32,
     tb: u32,
-    _p0: u32,
-    _p1: u32,
+    ka: u32,     // stochastic-rounding keys of this node and run
+    kb: u32,
     _p2: u32,
 }
 
@@ -49,71 +51,21 @@ fn bases(z: u32) -> vec3<u32> {
     return vec3<u32>(ma * P.m * P.k, mb * P.k * P.n, z * P.m * P.n);
 }
 
-fn f32x4(w: vec4<u32>) -> vec4<f32> {
-    return bitcast<vec4<f32>>(w);
-}
-
 // The two 16-bit elements of word w, widened to f32.
 fn pair(dt: u32, w: u32) -> vec2<f32> {
     return vec2<f32>(bitcast<f32>(elem_bits(dt, w, false)), bitcast<f32>(elem_bits(dt, w, true)));
 }
 
-fn enc(v: f32) -> u32 {
-    return encode_bits(DT_OUT, bitcast<u32>(v));
+// The stored bits of an output value at logical flat index `l`, with the node's rounding.
+fn enc(v: f32, l: u32) -> u32 {
+    return encode_round(DT_OUT, bitcast<u32>(v), ROUND == 1u, vec2<u32>(P.ka, P.kb), l);
 }
 
-// f32: each invocation computes rows row0..row0+3 × 4 contiguous columns.
-@compute @workgroup_size(DWG)
-fn matmul_v4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let base = bases(wid.z);
-    let quads = P.n / 4u;
-    let q = min(gid.x, quads - 1u);
-    let row0 = wid.y * 4u;
-    var r: array<u32, 4>;
-    for (var i = 0u; i < 4u; i++) {
-        r[i] = (base.x + min(row0 + i, P.m - 1u) * P.k) / 4u;
-    }
-    let r0 = r[0];
-    let r1 = r[1];
-    let r2 = r[2];
-    let r3 = r[3];
-    let nq = P.n / 4u;
-    var bi = base.y / 4u + q;
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
-    for (var k4 = 0u; k4 < P.k / 4u; k4++) {
-        let b0 = f32x4(b[bi]);
-        let b1 = f32x4(b[bi + nq]);
-        let b2 = f32x4(b[bi + 2u * nq]);
-        let b3 = f32x4(b[bi + 3u * nq]);
-        bi += 4u * nq;
-        let a0 = f32x4(a[r0 + k4]);
-        let a1 = f32x4(a[r1 + k4]);
-        let a2 = f32x4(a[r2 + k4]);
-        let a3 = f32x4(a[r3 + k4]);
-        acc0 = fma(vec4<f32>(a0.x), b0, fma(vec4<f32>(a0.y), b1, fma(vec4<f32>(a0.z), b2, fma(vec4<f32>(a0.w), b3, acc0))));
-        acc1 = fma(vec4<f32>(a1.x), b0, fma(vec4<f32>(a1.y), b1, fma(vec4<f32>(a1.z), b2, fma(vec4<f32>(a1.w), b3, acc1))));
-        acc2 = fma(vec4<f32>(a2.x), b0, fma(vec4<f32>(a2.y), b1, fma(vec4<f32>(a2.z), b2, fma(vec4<f32>(a2.w), b3, acc2))));
-        acc3 = fma(vec4<f32>(a3.x), b0, fma(vec4<f32>(a3.y), b1, fma(vec4<f32>(a3.z), b2, fma(vec4<f32>(a3.w), b3, acc3))));
-    }
-    if (gid.x >= quads) {
-        return;
-    }
-    let o = base.z / 4u + gid.x;
-    if (row0 < P.m) {
-        out[o + row0 * nq] = bitcast<vec4<u32>>(acc0);
-    }
-    if (row0 + 1u < P.m) {
-        out[o + (row0 + 1u) * nq] = bitcast<vec4<u32>>(acc1);
-    }
-    if (row0 + 2u < P.m) {
-        out[o + (row0 + 2u) * nq] = bitcast<vec4<u32>>(acc2);
-    }
-    if (row0 + 3u < P.m) {
-        out[o + (row0 + 3u) * nq] = bitcast<vec4<u32>>(acc3);
-    }
+// Four words (eight columns from `c`) of one output row `gi` of matrix `z`.
+fn words8(lo: vec4<f32>, hi: vec4<f32>, z: u32, gi: u32, c: u32) -> vec4<u32> {
+    let l = (z * P.m + gi) * P.n + c;
+    return vec4<u32>(enc(lo.x, l) | (enc(lo.y, l + 1u) << 16u), enc(lo.z, l + 2u) | (enc(lo.w, l + 3u) << 16u),
+                     enc(hi.x, l + 4u) | (enc(hi.y, l + 5u) << 16u), enc(hi.z, l + 6u) | (enc(hi.w, l + 7u) << 16u));
 }
 
 // f16/bf16: each invocation computes rows row0..row0+3 × 8 contiguous columns (four whole
@@ -175,20 +127,17 @@ fn matmul_v8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_i
     }
     let o = base.z / 8u + gid.x;
     let no = P.n / 8u;
+    let c = gid.x * 8u;
     if (row0 < P.m) {
-        out[o + row0 * no] = vec4<u32>(enc(lo0.x) | (enc(lo0.y) << 16u), enc(lo0.z) | (enc(lo0.w) << 16u),
-                                       enc(hi0.x) | (enc(hi0.y) << 16u), enc(hi0.z) | (enc(hi0.w) << 16u));
+        out[o + row0 * no] = words8(lo0, hi0, wid.z, row0, c);
     }
     if (row0 + 1u < P.m) {
-        out[o + (row0 + 1u) * no] = vec4<u32>(enc(lo1.x) | (enc(lo1.y) << 16u), enc(lo1.z) | (enc(lo1.w) << 16u),
-                                              enc(hi1.x) | (enc(hi1.y) << 16u), enc(hi1.z) | (enc(hi1.w) << 16u));
+        out[o + (row0 + 1u) * no] = words8(lo1, hi1, wid.z, row0 + 1u, c);
     }
     if (row0 + 2u < P.m) {
-        out[o + (row0 + 2u) * no] = vec4<u32>(enc(lo2.x) | (enc(lo2.y) << 16u), enc(lo2.z) | (enc(lo2.w) << 16u),
-                                              enc(hi2.x) | (enc(hi2.y) << 16u), enc(hi2.z) | (enc(hi2.w) << 16u));
+        out[o + (row0 + 2u) * no] = words8(lo2, hi2, wid.z, row0 + 2u, c);
     }
     if (row0 + 3u < P.m) {
-        out[o + (row0 + 3u) * no] = vec4<u32>(enc(lo3.x) | (enc(lo3.y) << 16u), enc(lo3.z) | (enc(lo3.w) << 16u),
-                                              enc(hi3.x) | (enc(hi3.y) << 16u), enc(hi3.z) | (enc(hi3.w) << 16u));
+        out[o + (row0 + 3u) * no] = words8(lo3, hi3, wid.z, row0 + 3u, c);
     }
 }

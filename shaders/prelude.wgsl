@@ -104,6 +104,73 @@ fn encode_bits(dt: u32, x: u32) -> u32 {
     return x;
 }
 
+// Stochastic rounding (src/rng.rs has the same functions with the same constants): random bits
+// of logical flat element `index` under the run's two keys, then round up iff r < t, where t is
+// the dropped fraction left-aligned to 32 bits. Integer operations only.
+fn fmix32(h0: u32) -> u32 {
+    var h = h0;
+    h ^= h >> 16u;
+    h *= 0x85ebca6bu;
+    h ^= h >> 13u;
+    h *= 0xc2b2ae35u;
+    return h ^ (h >> 16u);
+}
+
+fn sr_bits(keys: vec2<u32>, index: u32) -> u32 {
+    let x = fmix32(index * 0x9e3779b1u + keys.x);
+    return fmix32(x ^ keys.y);
+}
+
+fn f32_to_bf16_sr(x: u32, r: u32) -> u32 {
+    if ((x & 0x7fffffffu) > 0x7f800000u) {
+        return (x >> 16u) | 0x0040u;
+    }
+    let a = x & 0x7fffffffu;
+    let t = (a & 0xffffu) << 16u;
+    return ((x >> 16u) & 0x8000u) | ((a >> 16u) + select(0u, 1u, r < t));
+}
+
+fn f32_to_f16_sr(x: u32, r: u32) -> u32 {
+    let sign = (x >> 16u) & 0x8000u;
+    let a = x & 0x7fffffffu;
+    if (a > 0x7f800000u) {
+        return sign | 0x7e00u | ((a >> 13u) & 0x3ffu);
+    }
+    if (a >= 0x47800000u) {
+        return sign | 0x7c00u;
+    }
+    var trunc = 0u;
+    var t = 0u;
+    if (a >= 0x38800000u) {
+        trunc = (((a >> 23u) - 112u) << 10u) | ((a >> 13u) & 0x3ffu);
+        t = (a & 0x1fffu) << 19u;
+    } else {
+        // f16 subnormal grid (units of 2^-24): `shift` ≥ 14 dropped bits. Each branch keeps its
+        // shift counts below 32 (SPIR-V and GLSL leave larger counts undefined).
+        let e = a >> 23u;
+        let mant = (a & 0x7fffffu) | 0x800000u;
+        let shift = 126u - min(e, 126u);
+        if (e != 0u && shift < 32u) {
+            trunc = mant >> shift;
+            t = mant << (32u - shift);
+        } else if (e != 0u && shift < 56u) {
+            t = mant >> (shift - 32u);
+        }
+    }
+    return sign | (trunc + select(0u, 1u, r < t));
+}
+
+// encode_bits with the node's rounding: stochastic (`sr`) for f16/bf16, else nearest even.
+fn encode_round(dt: u32, x: u32, sr: bool, keys: vec2<u32>, index: u32) -> u32 {
+    if (sr && dt == DT_F16) {
+        return f32_to_f16_sr(x, sr_bits(keys, index));
+    }
+    if (sr && dt == DT_BF16) {
+        return f32_to_bf16_sr(x, sr_bits(keys, index));
+    }
+    return encode_bits(dt, x);
+}
+
 // Reads element `i` (0..8) of a vec4 pair.
 fn at8(v: array<vec4<u32>, 2>, i: u32) -> u32 {
     return v[i >> 2u][i & 3u];

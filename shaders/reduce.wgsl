@@ -6,6 +6,7 @@ override DT_X: u32 = 0u;
 override DT_OUT: u32 = 0u;
 override OP: u32 = 0u;    // 0 sum, 1 max, 2 mean
 override WG: u32 = 256u;
+override ROUND: u32 = 0u;
 
 struct Params {
     outer: u32,
@@ -17,8 +18,8 @@ struct Params {
     out_last: u32,
     out_pitch: u32,
     row_words: u32,
-    _p0: u32,
-    _p1: u32,
+    ka: u32,
+    kb: u32,
     _p2: u32,
 }
 
@@ -60,7 +61,7 @@ fn reduce(@builtin(global_invocation_id) gid: vec3<u32>) {
             if (OP == 2u) {
                 acc = acc / f32(P.len);
             }
-            bits = encode_bits(DT_OUT, bitcast<u32>(acc));
+            bits = encode_round(DT_OUT, bitcast<u32>(acc), ROUND == 1u, vec2<u32>(P.ka, P.kb), l);
         }
         word |= bits << (16u * h);
     }

@@ -96,7 +96,8 @@ pub enum Rounding {
     #[default]
     NearestEven,
     /// Stochastic rounding drawing from the random stream `stream` (fixed when the node is
-    /// built). Not implemented yet: compiling a graph that uses it returns `Error::Unsupported`.
+    /// built; see [`crate::rng`]). Applies to f16/bf16 outputs; f32 and integer outputs ignore
+    /// it.
     Stochastic { stream: u32 },
 }
 
@@ -265,5 +266,45 @@ pub fn narrow_bf16(src: &[f32]) -> Vec<bf16> {
         for (o, &x) in d.iter_mut().zip(s) {
             *o = bf16::from_bits(f32_to_bf16_bits(x.to_bits()));
         }
+    })
+}
+
+/// f32 → a new 16-bit vector rounded stochastically: element `i` draws
+/// `rng::sr_bits_keyed(keys, i)` (the logical flat index), so the result does not depend on how
+/// the work is split over threads.
+fn narrow_sr<D: Copy + Send>(
+    src: &[f32],
+    keys: [u32; 2],
+    f: impl Fn(u32, u32) -> D + Sync,
+) -> Vec<D> {
+    let n = src.len();
+    let mut out: Vec<D> = Vec::with_capacity(n);
+    out.spare_capacity_mut()[..n]
+        .par_chunks_mut(CONVERT_CHUNK)
+        .zip(src.par_chunks(CONVERT_CHUNK))
+        .enumerate()
+        .for_each(|(c, (d, s))| {
+            let base = c * CONVERT_CHUNK;
+            for (i, (o, &x)) in d.iter_mut().zip(s).enumerate() {
+                let r = crate::rng::sr_bits_keyed(keys, (base + i) as u32);
+                o.write(f(x.to_bits(), r));
+            }
+        });
+    // SAFETY: the chunks cover all `n` slots of the spare capacity and each was written.
+    unsafe { out.set_len(n) };
+    out
+}
+
+/// f32 → f16 with stochastic rounding under `keys` ([`crate::rng::sr_keys`]).
+pub fn narrow_f16_sr(src: &[f32], keys: [u32; 2]) -> Vec<f16> {
+    narrow_sr(src, keys, |x, r| {
+        f16::from_bits(crate::rng::f32_to_f16_sr(x, r))
+    })
+}
+
+/// f32 → bf16 with stochastic rounding under `keys` ([`crate::rng::sr_keys`]).
+pub fn narrow_bf16_sr(src: &[f32], keys: [u32; 2]) -> Vec<bf16> {
+    narrow_sr(src, keys, |x, r| {
+        bf16::from_bits(crate::rng::f32_to_bf16_sr(x, r))
     })
 }

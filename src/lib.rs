@@ -35,6 +35,7 @@ pub mod dtype;
 pub mod error;
 pub mod ir;
 pub mod placement;
+pub mod rng;
 pub mod session;
 pub mod shape;
 pub mod tensor;

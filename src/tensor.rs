@@ -107,6 +107,28 @@ impl Storage {
     }
 }
 
+impl Storage {
+    /// Converts f32 values to `dtype` with `rounding`; stochastic rounding draws from
+    /// `rng::sr_keys(seed, stream, counter)` by logical flat index.
+    pub fn from_f32_rounded(
+        dtype: DType,
+        src: Vec<f32>,
+        rounding: crate::dtype::Rounding,
+        seed: u64,
+        counter: u64,
+    ) -> Storage {
+        match (rounding, dtype) {
+            (crate::dtype::Rounding::Stochastic { stream }, DType::F16) => Storage::F16(
+                dtype::narrow_f16_sr(&src, crate::rng::sr_keys(seed, stream, counter)),
+            ),
+            (crate::dtype::Rounding::Stochastic { stream }, DType::BF16) => Storage::BF16(
+                dtype::narrow_bf16_sr(&src, crate::rng::sr_keys(seed, stream, counter)),
+            ),
+            _ => Storage::from_f32(dtype, src),
+        }
+    }
+}
+
 impl<'a> StorageRef<'a> {
     /// The dtype of the elements.
     pub fn dtype(&self) -> DType {

@@ -274,6 +274,25 @@ impl Graph {
         self.op(Op::Cast { to, rounding }, vec![x])
     }
 
+    /// Sets how node `id` rounds its output into its storage dtype (stochastic rounding matters
+    /// for f16/bf16 outputs; for a cast it is the cast's rounding).
+    pub fn set_rounding(&mut self, id: NodeId, rounding: Rounding) -> Result<()> {
+        let node = self.node(id)?;
+        if matches!(rounding, Rounding::Stochastic { .. }) && !node.dtype.is_float() {
+            return Err(Error::UnsupportedDType {
+                op: "set_rounding",
+                dtype: node.dtype,
+                device: None,
+            });
+        }
+        let node = &mut self.nodes[id.0];
+        node.rounding = rounding;
+        if let Op::Cast { rounding: r, .. } = &mut node.op {
+            *r = rounding;
+        }
+        Ok(())
+    }
+
     /// Marks a node keep-f32 (a precision policy leaves it in f32).
     pub fn keep_f32(&mut self, id: NodeId) -> Result<()> {
         self.node(id)?;

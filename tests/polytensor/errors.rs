@@ -106,17 +106,23 @@ fn builder_errors() {
 #[test]
 fn compile_errors() {
     let sess = Session::new(&Device::cpu());
+    // Stochastic rounding into an integer dtype is refused.
     let mut g = Graph::new();
     let x = g.input("x", [3], DType::F32);
-    let y = g
-        .cast_with(x, DType::BF16, Rounding::Stochastic { stream: 1 })
-        .expect("builds");
-    g.output("y", y).expect("out");
-    let e = sess
-        .compile(&g)
-        .err()
-        .expect("stochastic rounding is not implemented yet");
-    assert!(matches!(e, Error::Unsupported(_)), "{e}");
+    let y = g.cast(x, DType::I32).expect("builds");
+    let e = g
+        .set_rounding(y, Rounding::Stochastic { stream: 1 })
+        .expect_err("int SR");
+    assert!(
+        matches!(
+            e,
+            Error::UnsupportedDType {
+                dtype: DType::I32,
+                ..
+            }
+        ),
+        "{e}"
+    );
     let mut g = Graph::new();
     let x = g.input("bad name!", [3], DType::F32);
     g.output("y", x).expect("out");

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use rayon::prelude::*;
 
 use super::{broadcast_strides, matmul, split_axis};
-use crate::dtype::DType;
+use crate::dtype::{DType, Rounding};
 use crate::error::{Error, Result};
 use crate::ir::{Node, Op, ReduceOp};
 use crate::tensor::{Storage, StorageRef};
@@ -29,6 +29,8 @@ pub(crate) fn eval(
     ins: &[(StorageRef<'_>, &[usize])],
     out_shape: &[usize],
     threads: usize,
+    seed: u64,
+    counter: u64,
 ) -> Result<Storage> {
     let out = match &node.op {
         Op::Unary(u) => {
@@ -66,7 +68,17 @@ pub(crate) fn eval(
             )
         }
         Op::Reduce { op, axis } => reduce(*op, &as_f32(ins[0].0), ins[0].1, *axis),
-        Op::Cast { to, .. } => return Ok(cast(ins[0].0, *to)),
+        Op::Cast { to, rounding } => {
+            if let Rounding::Stochastic { .. } = rounding
+                && ins[0].0.dtype().is_float()
+                && to.size_of() == 2
+                && ins[0].0.dtype() != *to
+            {
+                let x = ins[0].0.to_f32_vec();
+                return Ok(Storage::from_f32_rounded(*to, x, *rounding, seed, counter));
+            }
+            return Ok(cast(ins[0].0, *to));
+        }
         Op::Input { .. } | Op::Weight { .. } | Op::State { .. } | Op::WriteState { .. } => {
             return Err(Error::InvalidGraph(format!(
                 "{} is not evaluated by a kernel",
@@ -83,7 +95,13 @@ pub(crate) fn eval(
             v
         }
     };
-    Ok(Storage::from_f32(node.dtype, out))
+    Ok(Storage::from_f32_rounded(
+        node.dtype,
+        out,
+        node.rounding,
+        seed,
+        counter,
+    ))
 }
 
 /// Casts between any two dtypes. Floats convert through f32 (exact widening, one rounding to

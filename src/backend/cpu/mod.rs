@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use crate::backend::{
     Backend, DeviceBuffer, DeviceInfo, DeviceType, Limits, Pending, Program, RunArgs,
 };
-use crate::dtype::{DType, Rounding};
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ir::{Graph, NodeId, Offset, Op};
 use crate::shape::Bindings;
@@ -151,10 +151,7 @@ impl Backend for CpuBackend {
     }
 
     fn supports(&self, graph: &Graph, node: NodeId) -> std::result::Result<(), String> {
-        let n = graph.node(node).map_err(|e| e.to_string())?;
-        if let Rounding::Stochastic { .. } = n.rounding {
-            return Err("stochastic rounding is not implemented yet".to_string());
-        }
+        graph.node(node).map_err(|e| e.to_string())?;
         Ok(())
     }
 
@@ -401,7 +398,14 @@ impl CpuProgram {
                         })?;
                         ins.push((v.get(), shapes[j.0].as_slice()));
                     }
-                    Val::Own(fast::eval(node, &ins, &shapes[i], self.threads)?)
+                    Val::Own(fast::eval(
+                        node,
+                        &ins,
+                        &shapes[i],
+                        self.threads,
+                        args.seed,
+                        args.counter,
+                    )?)
                 }
             };
             vals.push(Some(val));

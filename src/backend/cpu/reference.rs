@@ -6,7 +6,7 @@ use half::{bf16, f16};
 
 use super::{Plan, broadcast_strides, cpu_buffer, resolve_offset, split_axis, write_state};
 use crate::backend::RunArgs;
-use crate::dtype::DType;
+use crate::dtype::{DType, Rounding};
 use crate::error::{Error, Result};
 use crate::ir::{Node, Op, ReduceOp};
 use crate::tensor::{Storage, Tensor};
@@ -157,6 +157,11 @@ fn eval(node: &Node, ins: &[(&[f64], &[usize], DType)], out: &[usize]) -> Result
     })
 }
 
+/// A cast to the dtype it already has changes nothing, whatever its rounding.
+fn same_dtype_cast(node: &Node, ins: &[(&[f64], &[usize], DType)]) -> bool {
+    matches!(node.op, Op::Cast { .. }) && ins[0].2 == node.dtype
+}
+
 /// Runs the whole plan in f64.
 pub(super) fn run(plan: &Plan, args: &RunArgs<'_>) -> Result<Vec<Tensor>> {
     let shapes = plan.shapes(args.bindings)?;
@@ -203,10 +208,31 @@ pub(super) fn run(plan: &Plan, args: &RunArgs<'_>) -> Result<Vec<Tensor>> {
                         )
                     })
                     .collect();
-                eval(node, &ins, &shapes[i])?
-                    .into_iter()
-                    .map(|x| round_to(x, node.dtype))
-                    .collect()
+                let v = eval(node, &ins, &shapes[i])?;
+                match node.rounding {
+                    // Stochastic rounding of the f32 value, element by logical flat index.
+                    Rounding::Stochastic { stream }
+                        if node.dtype.size_of() == 2 && !same_dtype_cast(node, &ins) =>
+                    {
+                        let keys = crate::rng::sr_keys(args.seed, stream, args.counter);
+                        v.into_iter()
+                            .enumerate()
+                            .map(|(k, x)| {
+                                let bits = (x as f32).to_bits();
+                                let r = crate::rng::sr_bits_keyed(keys, k as u32);
+                                match node.dtype {
+                                    DType::F16 => f64::from(f16::from_bits(
+                                        crate::rng::f32_to_f16_sr(bits, r),
+                                    )),
+                                    _ => f64::from(bf16::from_bits(crate::rng::f32_to_bf16_sr(
+                                        bits, r,
+                                    ))),
+                                }
+                            })
+                            .collect()
+                    }
+                    _ => v.into_iter().map(|x| round_to(x, node.dtype)).collect(),
+                }
             }
         };
         vals.push(v);

@@ -58,7 +58,9 @@ pub(crate) struct EwParams {
     b_last: u32,
     b_pitch: u32,
     row_words: u32,
-    pad: [u32; 3],
+    ka: u32,
+    kb: u32,
+    pad: u32,
 }
 
 /// Which elementwise entry point.
@@ -69,7 +71,12 @@ pub(crate) enum Ew {
     Cast,
 }
 
-pub(crate) fn elementwise_key(kind: Ew, a: DType, b: DType, out: DType) -> PipelineKey {
+/// The `ROUND` override: stochastic rounding only matters for 16-bit outputs.
+fn round_code(out: DType, sr: bool) -> u32 {
+    u32::from(sr && out.size_of() == 2 && out.is_float())
+}
+
+pub(crate) fn elementwise_key(kind: Ew, a: DType, b: DType, out: DType, sr: bool) -> PipelineKey {
     let (entry, op) = match kind {
         Ew::Unary(u) => (
             "unary",
@@ -90,6 +97,7 @@ pub(crate) fn elementwise_key(kind: Ew, a: DType, b: DType, out: DType) -> Pipel
             ("DT_OUT", code(out)),
             ("OP", op),
             ("WG", WG),
+            ("ROUND", round_code(out, sr)),
         ],
     }
 }
@@ -99,6 +107,7 @@ pub(crate) fn elementwise_params(
     a: (DType, &[usize]),
     b: Option<(DType, &[usize])>,
     out: (DType, &[usize]),
+    keys: [u32; 2],
 ) -> (EwParams, [u32; 3]) {
     let (od, os) = out;
     let (ol, op, _) = geometry(od, os);
@@ -126,7 +135,9 @@ pub(crate) fn elementwise_params(
         b_last: bl as u32,
         b_pitch: bp as u32,
         row_words,
-        pad: [0; 3],
+        ka: keys[0],
+        kb: keys[1],
+        pad: 0,
     };
     (p, g)
 }
@@ -147,7 +158,9 @@ pub(crate) struct MatmulParams {
     out_pitch: u32,
     ta: u32,
     tb: u32,
-    pad: [u32; 3],
+    ka: u32,
+    kb: u32,
+    pad: u32,
 }
 
 /// Tile configuration of the matmul kernel for one adapter class. `wx == 0` selects the
@@ -187,6 +200,7 @@ pub(crate) fn matmul_key(
     b: DType,
     out: DType,
     aligned: bool,
+    sr: bool,
 ) -> PipelineKey {
     if tiles.is_direct() {
         return PipelineKey {
@@ -197,6 +211,7 @@ pub(crate) fn matmul_key(
                 ("DT_B", code(b)),
                 ("DT_OUT", code(out)),
                 ("DWG", tiles.wy),
+                ("ROUND", round_code(out, sr)),
             ],
         };
     }
@@ -215,25 +230,29 @@ pub(crate) fn matmul_key(
             ("A_TILE", tiles.bm() * tiles.bk),
             ("B_TILE", tiles.bn() * tiles.bk),
             ("ALIGNED", u32::from(aligned)),
+            ("ROUND", round_code(out, sr)),
         ],
     }
 }
 
 /// The vectorised CPU-adapter kernel (matmul_cpu.wgsl) for untransposed operands whose K and N
 /// are multiples of 4 (f32) or 8 (16-bit).
-pub(crate) fn matmul_vec_key(tiles: Tiles, a: DType, b: DType, out: DType) -> PipelineKey {
+pub(crate) fn matmul_vec_key(
+    tiles: Tiles,
+    a: DType,
+    b: DType,
+    out: DType,
+    sr: bool,
+) -> PipelineKey {
     PipelineKey {
         shader: Shader::MatmulCpu,
-        entry: if out.size_of() == 2 {
-            "matmul_v8"
-        } else {
-            "matmul_v4"
-        },
+        entry: "matmul_v8",
         constants: vec![
             ("DT_A", code(a)),
             ("DT_B", code(b)),
             ("DT_OUT", code(out)),
             ("DWG", tiles.wy),
+            ("ROUND", round_code(out, sr)),
         ],
     }
 }
@@ -246,6 +265,7 @@ pub(crate) fn matmul_params(
     out: (DType, &[usize]),
     ta: bool,
     tb: bool,
+    keys: [u32; 2],
 ) -> (MatmulParams, [u32; 3], bool) {
     let (sa, sb, so) = (a.1, b.1, out.1);
     let r = so.len();
@@ -272,7 +292,9 @@ pub(crate) fn matmul_params(
         out_pitch: geometry(out.0, so).1 as u32,
         ta: u32::from(ta),
         tb: u32::from(tb),
-        pad: [0; 3],
+        ka: keys[0],
+        kb: keys[1],
+        pad: 0,
     };
     for (d, &x) in batch.iter().enumerate() {
         p.bdims[d] = x as u32;
@@ -316,10 +338,12 @@ pub(crate) struct ReduceParams {
     out_last: u32,
     out_pitch: u32,
     row_words: u32,
-    pad: [u32; 3],
+    ka: u32,
+    kb: u32,
+    pad: u32,
 }
 
-pub(crate) fn reduce_key(op: ReduceOp, x: DType, out: DType) -> PipelineKey {
+pub(crate) fn reduce_key(op: ReduceOp, x: DType, out: DType, sr: bool) -> PipelineKey {
     let op = match op {
         ReduceOp::Sum => 0,
         ReduceOp::Max => 1,
@@ -333,6 +357,7 @@ pub(crate) fn reduce_key(op: ReduceOp, x: DType, out: DType) -> PipelineKey {
             ("DT_OUT", code(out)),
             ("OP", op),
             ("WG", WG),
+            ("ROUND", round_code(out, sr)),
         ],
     }
 }
@@ -341,6 +366,7 @@ pub(crate) fn reduce_params(
     x: (DType, &[usize]),
     out: (DType, &[usize]),
     axis: usize,
+    keys: [u32; 2],
 ) -> (ReduceParams, [u32; 3]) {
     let xs = x.1;
     let outer: usize = xs[..axis].iter().product();
@@ -359,7 +385,9 @@ pub(crate) fn reduce_params(
         out_last: ol as u32,
         out_pitch: op as u32,
         row_words,
-        pad: [0; 3],
+        ka: keys[0],
+        kb: keys[1],
+        pad: 0,
     };
     (p, g)
 }

@@ -11,7 +11,7 @@ use std::any::Any;
 use std::sync::{Arc, OnceLock};
 
 use crate::backend::{Backend, Device, DeviceBuffer, DeviceInfo, DeviceType, Limits, Program};
-use crate::dtype::{DType, Rounding};
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ir::{Graph, NodeId, Op};
 use crate::tensor::{Tensor, TensorView};
@@ -197,9 +197,6 @@ impl Backend for WgpuBackend {
 
     fn supports(&self, graph: &Graph, node: NodeId) -> std::result::Result<(), String> {
         let n = graph.node(node).map_err(|e| e.to_string())?;
-        if let Rounding::Stochastic { .. } = n.rounding {
-            return Err("stochastic rounding is not implemented on wgpu yet".to_string());
-        }
         let limit = self.binding_limit;
         let mut shapes = vec![(&n.shape, n.dtype)];
         for &i in &n.inputs {
@@ -299,40 +296,49 @@ pub fn shader_variants() -> Vec<ShaderVariant> {
     use crate::ir::{BinaryOp, ReduceOp, UnaryOp};
     use kernels::{Ew, Tiles};
     let mut keys = Vec::new();
-    for d in DType::FLOATS {
-        for u in UnaryOp::ALL {
-            keys.push(kernels::elementwise_key(Ew::Unary(u), d, d, d));
+    for sr in [false, true] {
+        for d in DType::FLOATS {
+            for u in UnaryOp::ALL {
+                keys.push(kernels::elementwise_key(Ew::Unary(u), d, d, d, sr));
+            }
+            for b in BinaryOp::ALL {
+                keys.push(kernels::elementwise_key(Ew::Binary(b), d, d, d, sr));
+            }
+            for r in [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Mean] {
+                keys.push(kernels::reduce_key(r, d, d, sr));
+            }
+            let configs = [
+                Tiles {
+                    wx: 16,
+                    wy: 16,
+                    bk: 16,
+                },
+                Tiles {
+                    wx: 8,
+                    wy: 8,
+                    bk: 8,
+                },
+                Tiles::direct(64),
+            ];
+            for tiles in configs {
+                for aligned in [false, true] {
+                    keys.push(kernels::matmul_key(tiles, d, d, d, aligned, sr));
+                }
+            }
+            if d.size_of() == 2 {
+                keys.push(kernels::matmul_vec_key(Tiles::direct(64), d, d, d, sr));
+            }
         }
-        for b in BinaryOp::ALL {
-            keys.push(kernels::elementwise_key(Ew::Binary(b), d, d, d));
-        }
-        for r in [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Mean] {
-            keys.push(kernels::reduce_key(r, d, d));
-        }
-        for tiles in [
-            Tiles {
-                wx: 16,
-                wy: 16,
-                bk: 16,
-            },
-            Tiles {
-                wx: 8,
-                wy: 8,
-                bk: 8,
-            },
-        ] {
-            for aligned in [false, true] {
-                keys.push(kernels::matmul_key(tiles, d, d, d, aligned));
+        for from in DType::ALL {
+            for to in DType::ALL {
+                if from.is_float() == to.is_float() {
+                    keys.push(kernels::elementwise_key(Ew::Cast, from, from, to, sr));
+                }
             }
         }
     }
-    for from in DType::ALL {
-        keys.push(kernels::state_key(from));
-        for to in DType::ALL {
-            if from.is_float() == to.is_float() {
-                keys.push(kernels::elementwise_key(Ew::Cast, from, from, to));
-            }
-        }
+    for d in DType::ALL {
+        keys.push(kernels::state_key(d));
     }
     keys.into_iter()
         .map(|k| {

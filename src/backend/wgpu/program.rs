@@ -9,7 +9,7 @@ use super::context::{Ctx, Pipeline};
 use super::kernels::{self, Ew, Tiles};
 use super::layout::{device_bytes, from_device, to_device};
 use crate::backend::{DeviceBuffer, Pending, Program, RunArgs};
-use crate::dtype::DType;
+use crate::dtype::{DType, Rounding};
 use crate::error::{Error, Result};
 use crate::ir::{Graph, Offset, Op};
 use crate::shape::Bindings;
@@ -82,20 +82,24 @@ fn pipelines_for(
 ) -> Result<Option<[Arc<Pipeline>; 2]>> {
     let node = &graph.nodes()[i];
     let dt = |j: usize| graph.nodes()[node.inputs[j].0].dtype;
+    let sr = matches!(node.rounding, Rounding::Stochastic { .. });
     let key = match &node.op {
-        Op::Unary(u) => kernels::elementwise_key(Ew::Unary(*u), dt(0), dt(0), node.dtype),
-        Op::Binary(b) => kernels::elementwise_key(Ew::Binary(*b), dt(0), dt(1), node.dtype),
-        Op::Cast { .. } => kernels::elementwise_key(Ew::Cast, dt(0), dt(0), node.dtype),
-        Op::Reduce { op, .. } => kernels::reduce_key(*op, dt(0), node.dtype),
+        Op::Unary(u) => kernels::elementwise_key(Ew::Unary(*u), dt(0), dt(0), node.dtype, sr),
+        Op::Binary(b) => kernels::elementwise_key(Ew::Binary(*b), dt(0), dt(1), node.dtype, sr),
+        Op::Cast { .. } => kernels::elementwise_key(Ew::Cast, dt(0), dt(0), node.dtype, sr),
+        Op::Reduce { op, .. } => kernels::reduce_key(*op, dt(0), node.dtype, sr),
         Op::WriteState { .. } => kernels::state_key(node.dtype),
         Op::MatMul { .. } => {
-            let general =
-                ctx.pipeline(&kernels::matmul_key(tiles, dt(0), dt(1), node.dtype, false))?;
-            // CPU adapters: the "aligned" class is the vectorised kernel of matmul_cpu.wgsl.
-            let aligned = if tiles.is_direct() {
-                ctx.pipeline(&kernels::matmul_vec_key(tiles, dt(0), dt(1), node.dtype))?
+            let (a, b, o) = (dt(0), dt(1), node.dtype);
+            let general = ctx.pipeline(&kernels::matmul_key(tiles, a, b, o, false, sr))?;
+            // CPU adapters: the "aligned" class is the vectorised 16-bit kernel of
+            // matmul_cpu.wgsl (f32 keeps the direct kernel for both classes).
+            let aligned = if tiles.is_direct() && o.size_of() == 2 {
+                ctx.pipeline(&kernels::matmul_vec_key(tiles, a, b, o, sr))?
+            } else if tiles.is_direct() {
+                general.clone()
             } else {
-                ctx.pipeline(&kernels::matmul_key(tiles, dt(0), dt(1), node.dtype, true))?
+                ctx.pipeline(&kernels::matmul_key(tiles, a, b, o, true, sr))?
             };
             return Ok(Some([general, aligned]));
         }
@@ -307,6 +311,8 @@ impl WgpuProgram {
         i: usize,
         shapes: &[Vec<usize>],
         bindings: &Bindings,
+        seed: u64,
+        counter: u64,
     ) -> Result<Option<Launch>> {
         let node = &self.graph.nodes()[i];
         let ins: Vec<(DType, &[usize])> = node
@@ -315,6 +321,10 @@ impl WgpuProgram {
             .map(|j| (self.graph.nodes()[j.0].dtype, shapes[j.0].as_slice()))
             .collect();
         let out = (node.dtype, shapes[i].as_slice());
+        let keys = match node.rounding {
+            Rounding::Stochastic { stream } => crate::rng::sr_keys(seed, stream, counter),
+            Rounding::NearestEven => [0, 0],
+        };
         let count = |s: &[usize]| s.iter().product::<usize>();
         let r = match &node.op {
             Op::WriteState { axis, offset, name } => {
@@ -350,19 +360,20 @@ impl WgpuProgram {
                     out,
                     *transpose_a,
                     *transpose_b,
+                    keys,
                 );
                 (bytemuck::bytes_of(&p).to_vec(), g, aligned)
             }
             Op::Unary(_) | Op::Cast { .. } => {
-                let (p, g) = kernels::elementwise_params(ins[0], None, out);
+                let (p, g) = kernels::elementwise_params(ins[0], None, out, keys);
                 (bytemuck::bytes_of(&p).to_vec(), g, false)
             }
             Op::Binary(_) => {
-                let (p, g) = kernels::elementwise_params(ins[0], Some(ins[1]), out);
+                let (p, g) = kernels::elementwise_params(ins[0], Some(ins[1]), out, keys);
                 (bytemuck::bytes_of(&p).to_vec(), g, false)
             }
             Op::Reduce { axis, .. } => {
-                let (p, g) = kernels::reduce_params(ins[0], out, *axis);
+                let (p, g) = kernels::reduce_params(ins[0], out, *axis, keys);
                 (bytemuck::bytes_of(&p).to_vec(), g, false)
             }
             Op::Input { .. } | Op::Weight { .. } | Op::State { .. } | Op::Constant { .. } => {
@@ -455,7 +466,7 @@ impl Program for WgpuProgram {
                     params,
                 } => {
                     let Some((bytes, grid, aligned)) =
-                        self.launch(*node, &shapes, args.bindings)?
+                        self.launch(*node, &shapes, args.bindings, args.seed, args.counter)?
                     else {
                         continue;
                     };
