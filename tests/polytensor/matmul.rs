@@ -138,3 +138,22 @@ fn large_square_matmul_uses_all_threads_and_matches() {
         &mut rng,
     );
 }
+
+#[test]
+fn matmul_aligned_kernel_classes() {
+    // Shapes that select the vectorised and subgroup kernels on CPU adapters (K % 64 == 0,
+    // N % 8 == 0, untransposed) and the aligned tiles on GPUs (multiples of 64), with broadcast
+    // batches and a row count that is not a multiple of 4.
+    let mut rng = Rng::new(13);
+    for dtype in DType::FLOATS {
+        check(dtype, (&[], &[3], 5, 64, 16), false, false, &mut rng);
+        check(
+            dtype,
+            (&[2, 1], &[1, 2], 7, 128, 24),
+            false,
+            false,
+            &mut rng,
+        );
+        check(dtype, (&[], &[], 64, 64, 64), false, false, &mut rng);
+    }
+}

@@ -11,8 +11,14 @@ fn every_shader_variant_validates_with_naga() {
         let (module, info) = parsed.entry(src.clone()).or_insert_with(|| {
             let module = naga::front::wgsl::parse_str(src)
                 .unwrap_or_else(|e| panic!("{label}: {}", e.emit_to_string(src)));
-            // Only the capabilities every adapter has: the GL adapter has neither f16 nor subgroups.
-            let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
+            // Only the capabilities every adapter has (the GL adapter has neither f16 nor
+            // subgroups), except the subgroup kernel, built only where subgroups exist.
+            let caps = if label.starts_with("MatmulSg") {
+                Capabilities::SUBGROUP
+            } else {
+                Capabilities::empty()
+            };
+            let info = Validator::new(ValidationFlags::all(), caps)
                 .validate(&module)
                 .unwrap_or_else(|e| panic!("{label}: {}", e.emit_to_string(src)));
             (module, info)

@@ -14,6 +14,7 @@ pub(crate) enum Shader {
     Elementwise,
     Matmul,
     MatmulCpu,
+    MatmulSg,
     Reduce,
     State,
 }
@@ -22,10 +23,11 @@ const PRELUDE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders
 
 impl Shader {
     /// Every family (for the naga test).
-    pub(crate) const ALL: [Shader; 5] = [
+    pub(crate) const ALL: [Shader; 6] = [
         Shader::Elementwise,
         Shader::Matmul,
         Shader::MatmulCpu,
+        Shader::MatmulSg,
         Shader::Reduce,
         Shader::State,
     ];
@@ -45,6 +47,12 @@ impl Shader {
                     "/shaders/matmul_cpu.wgsl"
                 ))
             }
+            Shader::MatmulSg => {
+                include_str!(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/shaders/matmul_sg.wgsl"
+                ))
+            }
             Shader::Reduce => {
                 include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/reduce.wgsl"))
             }
@@ -62,7 +70,7 @@ impl Shader {
     /// Bindings: (read-only storage count, then one read-write storage, then the params uniform).
     fn read_only(self) -> u32 {
         match self {
-            Shader::Elementwise | Shader::Matmul | Shader::MatmulCpu => 2,
+            Shader::Elementwise | Shader::Matmul | Shader::MatmulCpu | Shader::MatmulSg => 2,
             Shader::Reduce | Shader::State => 1,
         }
     }
@@ -88,6 +96,8 @@ pub(crate) struct Ctx {
     pub name: String,
     /// The adapter runs shaders on CPU cores (lavapipe, llvmpipe, WARP).
     pub software: bool,
+    /// Subgroup operations with a fixed subgroup size of 8 (matmul_sg.wgsl assumes it).
+    pub subgroup8: bool,
     errors: Arc<Mutex<Vec<String>>>,
     modules: Mutex<HashMap<Shader, Arc<wgpu::ShaderModule>>>,
     pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
@@ -122,8 +132,13 @@ impl Ctx {
         device.set_device_lost_callback(move |reason, msg| {
             lock(&lost).push(format!("device lost ({reason:?}): {msg}"))
         });
+        let info = adapter.get_info();
+        let subgroup8 = device.features().contains(wgpu::Features::SUBGROUP)
+            && info.subgroup_min_size == 8
+            && info.subgroup_max_size == 8;
         Ok(Ctx {
             limits: device.limits(),
+            subgroup8,
             device,
             queue,
             name: name.to_string(),

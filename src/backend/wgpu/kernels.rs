@@ -170,6 +170,8 @@ pub(crate) struct Tiles {
     pub wx: u32,
     pub wy: u32,
     pub bk: u32,
+    /// The adapter has 8-wide subgroups: the direct variant may use matmul_sg.wgsl.
+    pub sg8: bool,
 }
 
 impl Tiles {
@@ -179,6 +181,7 @@ impl Tiles {
             wx: 0,
             wy: wg,
             bk: 1,
+            sg8: false,
         }
     }
 
@@ -257,6 +260,27 @@ pub(crate) fn matmul_vec_key(
     }
 }
 
+/// The subgroup kernel of matmul_sg.wgsl (8-wide subgroups only).
+pub(crate) fn matmul_sg_key(tiles: Tiles, a: DType, b: DType, out: DType, sr: bool) -> PipelineKey {
+    PipelineKey {
+        shader: Shader::MatmulSg,
+        entry: "matmul_sg8",
+        constants: vec![
+            ("DT_A", code(a)),
+            ("DT_B", code(b)),
+            ("DT_OUT", code(out)),
+            ("DWG", tiles.wy),
+            ("ROUND", round_code(out, sr)),
+        ],
+    }
+}
+
+/// Kernel classes of a matmul node: [general, aligned (GPU tiles) or vectorised (CPU adapter),
+/// subgroup (CPU adapter with 8-wide subgroups)].
+pub(crate) const CLASS_GENERAL: usize = 0;
+pub(crate) const CLASS_ALIGNED: usize = 1;
+pub(crate) const CLASS_SUBGROUP: usize = 2;
+
 /// Params, grid and alignment class of a matmul; `None` grid when there is nothing to compute.
 pub(crate) fn matmul_params(
     tiles: Tiles,
@@ -266,7 +290,7 @@ pub(crate) fn matmul_params(
     ta: bool,
     tb: bool,
     keys: [u32; 2],
-) -> (MatmulParams, [u32; 3], bool) {
+) -> (MatmulParams, [u32; 3], usize) {
     let (sa, sb, so) = (a.1, b.1, out.1);
     let r = so.len();
     let (m, n) = (so[r - 2], so[r - 1]);
@@ -306,23 +330,38 @@ pub(crate) fn matmul_params(
         // 16-bit: the vectorised kernel (one 16-byte load = 8 elements) wins; f32: the direct
         // kernel's 8×4 block measured faster than 16-byte loads on lavapipe.
         let lanes = if out.0.size_of() == 2 { 8 } else { 4 };
+        let g = [
+            (n / lanes).div_ceil(wg) as u32,
+            m.div_ceil(4) as u32,
+            nb as u32,
+        ];
+        // Measured on lavapipe at n = 1024 (best of 5, two alternating runs): f16 273 ms with
+        // matmul_sg.wgsl vs 312–457 ms with matmul_cpu.wgsl; bf16 180 ms with matmul_cpu.wgsl vs
+        // 211–220 with subgroups; f32 234 ms with the direct kernel vs 273–284 with subgroups.
+        // So subgroups only for f16, whose integer decode the broadcast amortises best.
+        if tiles.sg8 && out.0 == DType::F16 && !ta && !tb && k % 64 == 0 && n % 8 == 0 {
+            return (p, g, CLASS_SUBGROUP);
+        }
+        // matmul_cpu.wgsl: one invocation per 8 columns of 4 rows.
         if lanes == 8 && !ta && !tb && k % lanes == 0 && n % lanes == 0 {
-            // matmul_cpu.wgsl: one invocation per `lanes` columns of 4 rows.
-            let g = [
-                (n / lanes).div_ceil(wg) as u32,
-                m.div_ceil(4) as u32,
-                nb as u32,
-            ];
-            return (p, g, true);
+            return (p, g, CLASS_ALIGNED);
         }
         // Each workgroup covers 8 rows × 4·wg columns.
         let g = [n.div_ceil(4 * wg) as u32, m.div_ceil(8) as u32, nb as u32];
-        return (p, g, false);
+        return (p, g, CLASS_GENERAL);
     }
     let (bm, bn) = (tiles.bm() as usize, tiles.bn() as usize);
     let aligned = m % bm == 0 && n % bn == 0 && k % tiles.bk as usize == 0;
     let g = [n.div_ceil(bn) as u32, m.div_ceil(bm) as u32, nb as u32];
-    (p, g, aligned)
+    (
+        p,
+        g,
+        if aligned {
+            CLASS_ALIGNED
+        } else {
+            CLASS_GENERAL
+        },
+    )
 }
 
 /// reduce.wgsl's `Params`.

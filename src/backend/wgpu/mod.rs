@@ -312,11 +312,13 @@ pub fn shader_variants() -> Vec<ShaderVariant> {
                     wx: 16,
                     wy: 16,
                     bk: 16,
+                    sg8: false,
                 },
                 Tiles {
                     wx: 8,
                     wy: 8,
                     bk: 8,
+                    sg8: false,
                 },
                 Tiles::direct(64),
             ];
@@ -327,6 +329,13 @@ pub fn shader_variants() -> Vec<ShaderVariant> {
             }
             if d.size_of() == 2 {
                 keys.push(kernels::matmul_vec_key(Tiles::direct(64), d, d, d, sr));
+            }
+            let sg = Tiles {
+                sg8: true,
+                ..Tiles::direct(64)
+            };
+            if d == DType::F16 {
+                keys.push(kernels::matmul_sg_key(sg, d, d, d, sr));
             }
         }
         for from in DType::ALL {

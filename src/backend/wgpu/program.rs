@@ -36,8 +36,8 @@ enum Step {
     /// One kernel launch.
     Kernel {
         node: usize,
-        /// The pipeline for each alignment class: [general, aligned].
-        pipelines: [Arc<Pipeline>; 2],
+        /// The pipeline for each kernel class (kernels::CLASS_*).
+        pipelines: Vec<Arc<Pipeline>>,
         params: wgpu::Buffer,
     },
 }
@@ -56,7 +56,10 @@ pub(crate) struct WgpuProgram {
 /// Tile shape per adapter class.
 fn tiles_for(ctx: &Ctx) -> Tiles {
     if ctx.software {
-        return Tiles::direct(64);
+        return Tiles {
+            sg8: ctx.subgroup8,
+            ..Tiles::direct(64)
+        };
     }
     let max = ctx.limits.max_compute_invocations_per_workgroup;
     if max >= 256 && ctx.limits.max_compute_workgroup_storage_size >= 16 * 1024 {
@@ -64,12 +67,14 @@ fn tiles_for(ctx: &Ctx) -> Tiles {
             wx: 16,
             wy: 16,
             bk: 16,
+            sg8: false,
         }
     } else {
         Tiles {
             wx: 8,
             wy: 8,
             bk: 8,
+            sg8: false,
         }
     }
 }
@@ -79,7 +84,7 @@ fn pipelines_for(
     graph: &Graph,
     i: usize,
     tiles: Tiles,
-) -> Result<Option<[Arc<Pipeline>; 2]>> {
+) -> Result<Option<Vec<Arc<Pipeline>>>> {
     let node = &graph.nodes()[i];
     let dt = |j: usize| graph.nodes()[node.inputs[j].0].dtype;
     let sr = matches!(node.rounding, Rounding::Stochastic { .. });
@@ -101,14 +106,18 @@ fn pipelines_for(
             } else {
                 ctx.pipeline(&kernels::matmul_key(tiles, a, b, o, true, sr))?
             };
-            return Ok(Some([general, aligned]));
+            let subgroup = if tiles.sg8 && o == DType::F16 {
+                ctx.pipeline(&kernels::matmul_sg_key(tiles, a, b, o, sr))?
+            } else {
+                general.clone()
+            };
+            return Ok(Some(vec![general, aligned, subgroup]));
         }
         Op::Input { .. } | Op::Weight { .. } | Op::State { .. } | Op::Constant { .. } => {
             return Ok(None);
         }
     };
-    let p = ctx.pipeline(&key)?;
-    Ok(Some([p.clone(), p]))
+    Ok(Some(vec![ctx.pipeline(&key)?]))
 }
 
 /// The program's buffers, with best-fit reuse of released ones.
@@ -346,7 +355,7 @@ impl WgpuProgram {
                     return Ok(None);
                 }
                 let (p, g) = kernels::state_params(node.dtype, state, value, *axis, off);
-                (bytemuck::bytes_of(&p).to_vec(), g, false)
+                (bytemuck::bytes_of(&p).to_vec(), g, 0)
             }
             _ if count(out.1) == 0 => return Ok(None),
             Op::MatMul {
@@ -366,15 +375,15 @@ impl WgpuProgram {
             }
             Op::Unary(_) | Op::Cast { .. } => {
                 let (p, g) = kernels::elementwise_params(ins[0], None, out, keys);
-                (bytemuck::bytes_of(&p).to_vec(), g, false)
+                (bytemuck::bytes_of(&p).to_vec(), g, 0)
             }
             Op::Binary(_) => {
                 let (p, g) = kernels::elementwise_params(ins[0], Some(ins[1]), out, keys);
-                (bytemuck::bytes_of(&p).to_vec(), g, false)
+                (bytemuck::bytes_of(&p).to_vec(), g, 0)
             }
             Op::Reduce { axis, .. } => {
                 let (p, g) = kernels::reduce_params(ins[0], out, *axis, keys);
-                (bytemuck::bytes_of(&p).to_vec(), g, false)
+                (bytemuck::bytes_of(&p).to_vec(), g, 0)
             }
             Op::Input { .. } | Op::Weight { .. } | Op::State { .. } | Op::Constant { .. } => {
                 return Ok(None);
@@ -384,8 +393,8 @@ impl WgpuProgram {
     }
 }
 
-/// A kernel's params bytes, grid and alignment class for one run.
-type Launch = (Vec<u8>, [u32; 3], bool);
+/// A kernel's params bytes, grid and kernel class for one run.
+type Launch = (Vec<u8>, [u32; 3], usize);
 
 struct WgpuPending<'a> {
     program: &'a WgpuProgram,
@@ -465,7 +474,7 @@ impl Program for WgpuProgram {
                     pipelines,
                     params,
                 } => {
-                    let Some((bytes, grid, aligned)) =
+                    let Some((bytes, grid, class)) =
                         self.launch(*node, &shapes, args.bindings, args.seed, args.counter)?
                     else {
                         continue;
@@ -485,7 +494,7 @@ impl Program for WgpuProgram {
                         }
                     }
                     ctx.queue.write_buffer(params, 0, &bytes);
-                    let pipe = &pipelines[usize::from(aligned)];
+                    let pipe = &pipelines[class.min(pipelines.len() - 1)];
                     let mut entries = Vec::with_capacity(4);
                     let mut bind = |k: usize, buf: &'a wgpu::Buffer| {
                         entries.push(wgpu::BindGroupEntry {
