@@ -8,5 +8,6 @@ mod gpu;
 mod matmul;
 mod ops;
 mod shaders;
+mod sr;
 mod state;
 mod text;

@@ -1,0 +1,302 @@
+//! Stochastic rounding: the random bits are deterministic and distinct per stream; roundings are
+//! unbiased and round up with the fractional probability, on every backend; the CPU and every
+//! wgpu adapter store identical bits; SR beats stagnation where RNE stalls; SR matmul stores
+//! match the CPU bit for bit on inputs with exact f32 accumulation.
+
+use half::{bf16, f16};
+use polytensor::rng::{f32_to_bf16_sr, f32_to_f16_sr, sr_bits};
+use polytensor::{DType, Device, FallbackPolicy, Graph, Offset, Rounding, Session, Tensor};
+
+use crate::common::{Rng, devices_under_test};
+
+fn all_devices() -> Vec<Device> {
+    let mut v = devices_under_test();
+    v.push(Device::reference());
+    v
+}
+
+fn value(dtype: DType, bits: u16) -> f64 {
+    match dtype {
+        DType::F16 => f64::from(f16::from_bits(bits)),
+        _ => f64::from(bf16::from_bits(bits)),
+    }
+}
+
+fn sr(dtype: DType, x: f32, r: u32) -> u16 {
+    match dtype {
+        DType::F16 => f32_to_f16_sr(x.to_bits(), r),
+        _ => f32_to_bf16_sr(x.to_bits(), r),
+    }
+}
+
+#[test]
+fn random_bits_are_deterministic_and_streams_differ() {
+    let base: Vec<u32> = (0..4096).map(|i| sr_bits(1, 2, 3, i)).collect();
+    let again: Vec<u32> = (0..4096).map(|i| sr_bits(1, 2, 3, i)).collect();
+    assert_eq!(base, again);
+    for (seed, stream, counter) in [(2, 2, 3), (1, 3, 3), (1, 2, 4), (1 << 40, 2, 3)] {
+        let other: Vec<u32> = (0..4096)
+            .map(|i| sr_bits(seed, stream, counter, i))
+            .collect();
+        let same = base.iter().zip(&other).filter(|(a, b)| a == b).count();
+        assert!(
+            same < 4,
+            "({seed}, {stream}, {counter}) repeats {same} of 4096 draws"
+        );
+    }
+    // Uniform bits: each of the 32 bit positions is set about half the time.
+    for bit in 0..32 {
+        let ones = base.iter().filter(|&&r| r >> bit & 1 == 1).count() as f64;
+        assert!(
+            (ones - 2048.0).abs() < 4.0 * 32.0,
+            "bit {bit}: {ones} of 4096"
+        );
+    }
+}
+
+/// Rounds `n` copies of `x` to `dtype` with SR on `device`; returns the decoded results.
+fn round_many(device: &Device, x: f32, dtype: DType, n: usize, seed: u64) -> Vec<f64> {
+    let mut g = Graph::new();
+    let xi = g.input("x", [n], DType::F32);
+    let y = g
+        .cast_with(xi, dtype, Rounding::Stochastic { stream: 3 })
+        .expect("cast");
+    g.output("y", y).expect("out");
+    let mut s = Session::new(device);
+    s.set_fallback(FallbackPolicy::Deny);
+    s.set_seed(seed, 0);
+    let p = s.compile(&g).expect("compile");
+    let xt = Tensor::new(&[n], vec![x; n]).expect("x");
+    let out = s.run(&p, &[("x", xt.view())], &[]).expect("run");
+    out.get("y").expect("y").to_f64_vec()
+}
+
+#[test]
+fn unbiased_and_fractional_on_every_backend() {
+    let n = 1 << 20;
+    // (value, dtype): normal, near powers of two, subnormals of the target, negative; and the
+    // fractions 0.01 / 0.25 / 0.5 / 0.75 / 0.99 of a bf16 ulp at 1.0 (2^-7).
+    let mut cases: Vec<(f32, DType)> = vec![
+        (1.0 + 3.0 * 2f32.powi(-12), DType::F16),
+        (2.0 - 2f32.powi(-13), DType::F16),
+        (3.0e-6, DType::F16),
+        (-1234.567, DType::F16),
+        (65500.0, DType::F16),
+        (std::f32::consts::PI, DType::BF16),
+        (-(2.0 + 2f32.powi(-12)), DType::BF16),
+        (1.0e-39, DType::BF16),
+        (-3.3e38, DType::BF16),
+    ];
+    for f in [0.01f32, 0.25, 0.5, 0.75, 0.99] {
+        cases.push((1.0 + f * 2f32.powi(-7), DType::BF16));
+    }
+    for device in all_devices() {
+        let name = device.info().name.clone();
+        // The reference path is plain loops: fewer samples there.
+        let n = if name.contains("reference") {
+            n / 16
+        } else {
+            n
+        };
+        for &(x, dtype) in &cases {
+            let lo = value(dtype, sr(dtype, x, u32::MAX));
+            let hi = value(dtype, sr(dtype, x, 0));
+            let got = round_many(&device, x, dtype, n, 99);
+            assert!(
+                got.iter().all(|&v| v == lo || v == hi),
+                "{name}: {x:e} → {dtype}: a result outside {{{lo:e}, {hi:e}}}"
+            );
+            let p = (f64::from(x) - lo) / (hi - lo);
+            let ups = got.iter().filter(|&&v| v == hi && hi != lo).count() as f64 / n as f64;
+            let sigma = (p * (1.0 - p) / n as f64).sqrt();
+            assert!(
+                (ups - p).abs() <= 4.0 * sigma + 1e-12,
+                "{name}: {x:e} → {dtype}: P(up) {ups} vs fraction {p} (4σ = {})",
+                4.0 * sigma
+            );
+            let mean = got.iter().sum::<f64>() / n as f64;
+            let bound = 4.0 * sigma * (hi - lo).abs() + 1e-12 * x.abs() as f64;
+            assert!(
+                (mean - f64::from(x)).abs() <= bound,
+                "{name}: mean {mean:e} vs {x:e} (4σ {bound:e})"
+            );
+        }
+    }
+}
+
+/// f32 inputs covering every exponent (subnormals included), ties, f16 subnormals, values
+/// beside the largest finite, NaN and ±Inf.
+fn every_exponent(n: usize, rng: &mut Rng) -> Vec<f32> {
+    let special = [
+        f32::NAN,
+        -f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        65504.0,
+        65519.0,
+        65535.99,
+        65536.0,
+        f32::MAX,
+        -f32::MAX,
+        f32::from_bits(1),
+        2f32.powi(-24),
+        3.0e-8,
+        2f32.powi(-33),
+        2f32.powi(-57),
+        1.0 + 2f32.powi(-11),
+    ];
+    (0..n)
+        .map(|i| match special.get(i) {
+            Some(&v) => v,
+            None => {
+                let r = rng.next_u64();
+                f32::from_bits(
+                    ((r >> 40) as u32 & 1) << 31 | (i as u32 % 256) << 23 | (r as u32 & 0x7f_ffff),
+                )
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn every_device_stores_the_same_sr_bits() {
+    let mut rng = Rng::new(40);
+    let n = 1_000_003;
+    let x = Tensor::new(&[n], every_exponent(n, &mut rng)).expect("x");
+    let mut g = Graph::new();
+    let xi = g.input("x", [n], DType::F32);
+    let h = g
+        .cast_with(xi, DType::F16, Rounding::Stochastic { stream: 1 })
+        .expect("f16");
+    let b = g
+        .cast_with(xi, DType::BF16, Rounding::Stochastic { stream: 2 })
+        .expect("bf16");
+    let hb = g
+        .cast_with(h, DType::BF16, Rounding::Stochastic { stream: 3 })
+        .expect("f16→bf16");
+    for (k, id) in [("h", h), ("b", b), ("hb", hb)] {
+        g.output(k, id).expect("out");
+    }
+    let run = |device: &Device, seed: u64, counter: u64| {
+        let mut s = Session::new(device);
+        s.set_fallback(FallbackPolicy::Deny);
+        s.set_seed(seed, counter);
+        let p = s.compile(&g).expect("compile");
+        s.run(&p, &[("x", x.view())], &[]).expect("run").into_vec()
+    };
+    let want = run(&Device::cpu(), 5, 9);
+    // The CPU rounds with the public functions: check a sample against them directly.
+    let hbits: &[f16] = want[0].1.as_slice().expect("f16");
+    for i in (0..n).step_by(997) {
+        let r = sr_bits(5, 1, 9, i as u32);
+        assert_eq!(
+            hbits[i].to_bits(),
+            f32_to_f16_sr(x.as_slice::<f32>().expect("f32")[i].to_bits(), r)
+        );
+    }
+    for device in devices_under_test() {
+        let got = run(&device, 5, 9);
+        for ((name, g), (_, w)) in got.iter().zip(&want) {
+            assert!(
+                g.as_bytes() == w.as_bytes(),
+                "{}: output {name} differs from the CPU",
+                device.info().name
+            );
+        }
+        let other = run(&device, 5, 10);
+        assert!(
+            other[0].1.as_bytes() != want[0].1.as_bytes(),
+            "a new run counter draws new bits"
+        );
+    }
+}
+
+/// Runs `steps` of acc += 0.5 over 1024 accumulators in `dtype` starting at 1024; returns them.
+fn accumulate(device: &Device, dtype: DType, rounding: Rounding, steps: usize) -> Vec<f64> {
+    let mut g = Graph::new();
+    let st = g.state("acc", [1024], dtype);
+    let c = g.constant(&[0.5], [1], dtype).expect("const");
+    let y = g.add(st, c).expect("add");
+    g.set_rounding(y, rounding).expect("rounding");
+    g.write_state("acc", y, 0, Offset::Fixed(0)).expect("write");
+    let mut s = Session::new(device);
+    s.set_fallback(FallbackPolicy::Deny);
+    let start = Tensor::from_f32(&[1024], vec![1024.0; 1024], dtype).expect("start");
+    s.set_state("acc", start.view()).expect("state");
+    let p = s.compile(&g).expect("compile");
+    for _ in 0..steps {
+        s.run(&p, &[], &[]).expect("step");
+    }
+    s.read_state("acc").expect("read").to_f64_vec()
+}
+
+#[test]
+fn sr_escapes_stagnation_where_rne_stalls() {
+    for device in devices_under_test() {
+        let name = device.info().name.clone();
+        for (dtype, bound) in [(DType::F16, 2.83), (DType::BF16, 11.0)] {
+            let rne = accumulate(&device, dtype, Rounding::NearestEven, 2048);
+            assert!(
+                rne.iter().all(|&v| v == 1024.0),
+                "{name} {dtype}: RNE must stay at 1024"
+            );
+            let srv = accumulate(&device, dtype, Rounding::Stochastic { stream: 11 }, 2048);
+            let mean = srv.iter().sum::<f64>() / srv.len() as f64;
+            assert!(
+                (mean - 2048.0).abs() <= bound,
+                "{name} {dtype}: SR mean {mean}, want 2048 ± {bound}"
+            );
+        }
+    }
+}
+
+#[test]
+fn sr_matmul_stores_match_the_cpu_bit_for_bit() {
+    // Small integers times powers of two: every f32 accumulation is exact, so any summation
+    // order gives the same f32 value, and the rounding alone decides the stored bits.
+    let mut rng = Rng::new(41);
+    for (m, k, n) in [(5usize, 64usize, 16usize), (17, 9, 3), (64, 128, 64)] {
+        for dtype in [DType::F16, DType::BF16] {
+            let ints = |len: usize, rng: &mut Rng| -> Vec<f32> {
+                (0..len)
+                    .map(|_| ((rng.next_u64() % 15) as f32 - 7.0) * 0.125)
+                    .collect()
+            };
+            let a = Tensor::from_f32(&[m, k], ints(m * k, &mut rng), dtype).expect("a");
+            let b = Tensor::from_f32(&[k, n], ints(k * n, &mut rng), dtype).expect("b");
+            let mut g = Graph::new();
+            let (ai, bi) = (g.input("a", [m, k], dtype), g.input("b", [k, n], dtype));
+            let y = g.matmul(ai, bi).expect("matmul");
+            // A small scale makes most results inexact in 16 bits, so SR decides them.
+            let s = g.constant(&[1.0 / 3.0], [1], dtype).expect("scale");
+            let y = g.mul(y, s).expect("scale");
+            g.set_rounding(y, Rounding::Stochastic { stream: 5 })
+                .expect("sr");
+            let mm = g.matmul(ai, bi).expect("matmul");
+            g.set_rounding(mm, Rounding::Stochastic { stream: 6 })
+                .expect("sr");
+            g.output("mm", mm).expect("out");
+            g.output("y", y).expect("out");
+            let run = |device: &Device| {
+                let mut s = Session::new(device);
+                s.set_fallback(FallbackPolicy::Deny);
+                s.set_seed(77, 3);
+                let p = s.compile(&g).expect("compile");
+                s.run(&p, &[("a", a.view()), ("b", b.view())], &[])
+                    .expect("run")
+                    .into_vec()
+            };
+            let want = run(&Device::cpu());
+            for device in devices_under_test() {
+                let got = run(&device);
+                for ((name, g), (_, w)) in got.iter().zip(&want) {
+                    assert!(
+                        g.as_bytes() == w.as_bytes(),
+                        "{} {dtype} {m}×{k}×{n}: SR store `{name}` differs from the CPU",
+                        device.info().name
+                    );
+                }
+            }
+        }
+    }
+}
