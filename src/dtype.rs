@@ -272,7 +272,7 @@ pub fn narrow_bf16(src: &[f32]) -> Vec<bf16> {
 /// f32 → a new 16-bit vector rounded stochastically: element `i` draws
 /// `rng::sr_bits_keyed(keys, i)` (the logical flat index), so the result does not depend on how
 /// the work is split over threads.
-fn narrow_sr<D: Copy + Send>(
+fn narrow_sr<D: Copy + Default + Send>(
     src: &[f32],
     keys: [u32; 2],
     f: impl Fn(u32, u32) -> D + Sync,
@@ -284,15 +284,70 @@ fn narrow_sr<D: Copy + Send>(
         .zip(src.par_chunks(CONVERT_CHUNK))
         .enumerate()
         .for_each(|(c, (d, s))| {
-            let base = c * CONVERT_CHUNK;
-            for (i, (o, &x)) in d.iter_mut().zip(s).enumerate() {
-                let r = crate::rng::sr_bits_keyed(keys, (base + i) as u32);
-                o.write(f(x.to_bits(), r));
+            // Blocks: the random bits first (a vectorisable integer loop), then the roundings.
+            let mut r = [0u32; BLOCK];
+            let mut v = [D::default(); BLOCK];
+            for (b, (d, s)) in d.chunks_mut(BLOCK).zip(s.chunks(BLOCK)).enumerate() {
+                let base = (c * CONVERT_CHUNK + b * BLOCK) as u32;
+                sr_block(keys, base, s, &mut r, &mut v, &f);
+                for (o, &v) in d.iter_mut().zip(v.iter()) {
+                    o.write(v);
+                }
             }
         });
     // SAFETY: the chunks cover all `n` slots of the spare capacity and each was written.
     unsafe { out.set_len(n) };
     out
+}
+
+/// One block of stochastic rounding: the random bits (an integer loop), then the roundings.
+#[inline(always)]
+fn sr_block_generic<D: Copy>(
+    keys: [u32; 2],
+    base: u32,
+    s: &[f32],
+    r: &mut [u32; BLOCK],
+    v: &mut [D; BLOCK],
+    f: &impl Fn(u32, u32) -> D,
+) {
+    for (i, r) in r.iter_mut().enumerate() {
+        *r = crate::rng::sr_bits_keyed(keys, base.wrapping_add(i as u32));
+    }
+    for ((v, &x), &r) in v.iter_mut().zip(s).zip(r.iter()) {
+        *v = f(x.to_bits(), r);
+    }
+}
+
+/// The same block compiled for AVX2 (8-lane 32-bit multiplies; the baseline x86-64 target has
+/// no vector 32-bit multiply).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn sr_block_avx2<D: Copy>(
+    keys: [u32; 2],
+    base: u32,
+    s: &[f32],
+    r: &mut [u32; BLOCK],
+    v: &mut [D; BLOCK],
+    f: &impl Fn(u32, u32) -> D,
+) {
+    sr_block_generic(keys, base, s, r, v, f);
+}
+
+fn sr_block<D: Copy>(
+    keys: [u32; 2],
+    base: u32,
+    s: &[f32],
+    r: &mut [u32; BLOCK],
+    v: &mut [D; BLOCK],
+    f: &impl Fn(u32, u32) -> D,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        unsafe { sr_block_avx2(keys, base, s, r, v, f) };
+        return;
+    }
+    sr_block_generic(keys, base, s, r, v, f);
 }
 
 /// f32 → f16 with stochastic rounding under `keys` ([`crate::rng::sr_keys`]).

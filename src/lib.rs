@@ -43,6 +43,7 @@ pub mod tensor;
 pub use backend::{Backend, Device, DeviceInfo, DeviceType, register_device};
 pub use dtype::{DType, Rounding};
 pub use error::{Error, Result};
+pub use ir::passes::Precision;
 pub use ir::{BinaryOp, Graph, NodeId, Offset, Op, ReduceOp, UnaryOp};
 pub use placement::{FallbackPolicy, Placement};
 pub use session::{Compiled, Outputs, Session};

@@ -101,3 +101,47 @@ pub fn f32_to_f16_sr(x: u32, r: u32) -> u16 {
     };
     sign | (trunc + u32::from(r < t)) as u16
 }
+
+/// [`f32_to_bf16_sr`] without branches (the same results), for vectorised bulk loops.
+#[inline]
+pub fn f32_to_bf16_sr_select(x: u32, r: u32) -> u16 {
+    let a = x & 0x7fff_ffff;
+    let t = (a & 0xffff) << 16;
+    let rounded = ((x >> 16) & 0x8000) | ((a >> 16) + u32::from(r < t));
+    let nan = (x >> 16) | 0x0040;
+    (if a > 0x7f80_0000 { nan } else { rounded }) as u16
+}
+
+/// [`f32_to_f16_sr`] without branches (the same results), for vectorised bulk loops. Every
+/// candidate is computed with clamped shift counts and the right one selected.
+#[inline]
+pub fn f32_to_f16_sr_select(x: u32, r: u32) -> u16 {
+    let sign = (x >> 16) & 0x8000;
+    let a = x & 0x7fff_ffff;
+    let e = a >> 23;
+    let n_trunc = (e.wrapping_sub(112) << 10) | ((a >> 13) & 0x3ff);
+    let n_t = (a & 0x1fff) << 19;
+    let mant = (a & 0x7f_ffff) | 0x80_0000;
+    let shift = 126u32.saturating_sub(e);
+    let s_lo = shift.min(31);
+    let s_hi = shift.saturating_sub(32).min(31);
+    let sub_trunc = if shift < 32 { mant >> s_lo } else { 0 };
+    let sub_t = if e == 0 || shift >= 56 {
+        0
+    } else if shift < 32 {
+        mant << (32 - s_lo).min(31)
+    } else {
+        mant >> s_hi
+    };
+    let normal = a >= 0x3880_0000;
+    let trunc = if normal { n_trunc } else { sub_trunc };
+    let t = if normal { n_t } else { sub_t };
+    let mut out = sign | (trunc + u32::from(r < t));
+    out = if a >= 0x4780_0000 { sign | 0x7c00 } else { out };
+    out = if a > 0x7f80_0000 {
+        sign | 0x7e00 | ((a >> 13) & 0x3ff)
+    } else {
+        out
+    };
+    out as u16
+}

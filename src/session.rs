@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::backend::{Device, DeviceBuffer, RunArgs};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::ir::passes::{dce, validate};
+use crate::ir::passes::{Precision, dce, precision, validate};
 use crate::ir::{Graph, Offset, Op};
 use crate::placement::{FallbackPolicy, Placement, Segment, Src, place};
 use crate::shape::{Bindings, Dim, Shape, fmt_dims};
@@ -81,6 +81,7 @@ pub struct Session {
     /// Host copies of weights for CPU-fallback segments, made on first need.
     cpu_weights: HashMap<String, Arc<dyn DeviceBuffer>>,
     fallback: FallbackPolicy,
+    precision: Option<Precision>,
     seed: u64,
     counter: u64,
 }
@@ -123,6 +124,7 @@ impl Session {
             states: HashMap::new(),
             cpu_weights: HashMap::new(),
             fallback: FallbackPolicy::Allow,
+            precision: None,
             seed: 0,
             counter: 0,
         }
@@ -145,6 +147,13 @@ impl Session {
         self.weights.insert(name.to_string(), buf);
         self.cpu_weights.remove(name);
         Ok(())
+    }
+
+    /// Sets a precision policy that `compile` applies to every graph (`None`: as built), e.g.
+    /// `Precision { dtype: DType::BF16, stochastic: true }` runs an f32 graph in bf16 storage
+    /// with stochastic rounding; reductions and keep-f32 nodes stay f32.
+    pub fn set_precision(&mut self, policy: Option<Precision>) {
+        self.precision = policy;
     }
 
     /// Sets what `compile` does with ops the device cannot run (default: `Allow`, on the CPU).
@@ -193,7 +202,10 @@ impl Session {
     /// Validates `graph`, removes dead nodes and compiles it for the session's device.
     pub fn compile(&self, graph: &Graph) -> Result<Compiled> {
         validate(graph)?;
-        let graph = dce(graph);
+        let graph = match self.precision {
+            Some(p) => dce(&precision(graph, p)?),
+            None => dce(graph),
+        };
         let (segments, placement) = place(&graph, &self.device, self.fallback)?;
         let mut scalars = Vec::new();
         for node in graph.nodes() {

@@ -300,3 +300,110 @@ fn sr_matmul_stores_match_the_cpu_bit_for_bit() {
         }
     }
 }
+
+#[test]
+fn precision_policy_runs_an_f32_graph_in_bf16_with_sr() {
+    use polytensor::{Precision, ReduceOp, UnaryOp};
+    let mut rng = Rng::new(42);
+    let mut g = Graph::new();
+    let x = g.input("x", [17, 64], DType::F32);
+    let w = g.weight("w", [64, 48], DType::F32);
+    let wr = g.weight("wr", [64, 48], DType::F32);
+    let h = g.matmul(x, w).expect("matmul");
+    let h = g.unary(UnaryOp::Gelu, h).expect("gelu");
+    let res = g.matmul(x, wr).expect("residual");
+    g.keep_f32(res).expect("keep");
+    let y = g.add(h, res).expect("add");
+    let m = g.reduce(ReduceOp::Mean, y, 1).expect("mean");
+    g.output("y", y).expect("out");
+    g.output("m", m).expect("out");
+    let policy = Precision {
+        dtype: DType::BF16,
+        stochastic: true,
+    };
+    let p = polytensor::ir::passes::precision(&g, policy).expect("policy");
+    let nodes = p.nodes();
+    let converted = nodes
+        .iter()
+        .filter(|n| n.dtype == DType::BF16 && !matches!(n.op, polytensor::Op::Cast { .. }));
+    assert_eq!(
+        converted.clone().count(),
+        3,
+        "matmul, gelu, add in bf16:\n{p}"
+    );
+    assert!(converted.clone().all(|n| matches!(n.rounding, Rounding::Stochastic { stream } if stream >= polytensor::ir::passes::POLICY_STREAM_BASE)));
+    assert!(nodes.iter().any(|n| n.keep_f32
+        && n.dtype == DType::F32
+        && matches!(n.op, polytensor::Op::MatMul { .. })));
+    assert!(
+        nodes
+            .iter()
+            .filter(|n| matches!(n.op, polytensor::Op::Reduce { .. }))
+            .all(|n| n.dtype == DType::F32)
+    );
+    for (_, id) in p.outputs() {
+        assert_eq!(
+            p.nodes()[id.0].dtype,
+            DType::F32,
+            "outputs keep their dtype"
+        );
+    }
+    assert_eq!(Graph::parse(&p.to_string()).expect("text round trip"), p);
+    let xt = Tensor::new(&[17, 64], rng.vec(17 * 64, -1.0, 1.0)).expect("x");
+    let wt = Tensor::new(&[64, 48], rng.vec(64 * 48, -0.2, 0.2)).expect("w");
+    let wrt = Tensor::new(&[64, 48], rng.vec(64 * 48, -0.2, 0.2)).expect("wr");
+    let want = crate::common::run_on(
+        &Device::reference(),
+        &g,
+        &[("x", &xt)],
+        &[("w", &wt), ("wr", &wrt)],
+        &[],
+    )
+    .expect("f32 reference");
+    for device in devices_under_test() {
+        let mut s = Session::new(&device);
+        s.set_fallback(FallbackPolicy::Deny);
+        s.set_precision(Some(policy));
+        s.load_weight("w", wt.view(), DType::F32).expect("w");
+        s.load_weight("wr", wrt.view(), DType::F32).expect("wr");
+        let prog = s.compile(&g).expect("compile with the policy");
+        let out = s.run(&prog, &[("x", xt.view())], &[]).expect("run");
+        for (k, (name, t)) in out.iter().enumerate() {
+            let (got, exp) = (t.to_f64_vec(), want[k].to_f64_vec());
+            let scale = exp.iter().fold(0f64, |a, v| a.max(v.abs()));
+            for (i, (a, e)) in got.iter().zip(&exp).enumerate() {
+                assert!(
+                    (a - e).abs() <= 0.02 * scale,
+                    "{} `{name}`[{i}]: {a} vs f32 {e}",
+                    device.info().name
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn branch_free_roundings_equal_the_definitions() {
+    use polytensor::rng::{f32_to_bf16_sr_select, f32_to_f16_sr_select};
+    let mut rng = Rng::new(43);
+    let xs = every_exponent(1 << 18, &mut rng);
+    for (i, &x) in xs.iter().enumerate() {
+        let r = match i % 4 {
+            0 => 0,
+            1 => u32::MAX,
+            _ => rng.next_u64() as u32,
+        };
+        assert_eq!(
+            f32_to_f16_sr_select(x.to_bits(), r),
+            f32_to_f16_sr(x.to_bits(), r),
+            "f16 {:#010x} r={r:#x}",
+            x.to_bits()
+        );
+        assert_eq!(
+            f32_to_bf16_sr_select(x.to_bits(), r),
+            f32_to_bf16_sr(x.to_bits(), r),
+            "bf16 {:#010x}",
+            x.to_bits()
+        );
+    }
+}

@@ -69,13 +69,11 @@ pub(crate) fn eval(
         }
         Op::Reduce { op, axis } => reduce(*op, &as_f32(ins[0].0), ins[0].1, *axis),
         Op::Cast { to, rounding } => {
-            if let Rounding::Stochastic { .. } = rounding
-                && ins[0].0.dtype().is_float()
-                && to.size_of() == 2
-                && ins[0].0.dtype() != *to
-            {
-                let x = ins[0].0.to_f32_vec();
-                return Ok(Storage::from_f32_rounded(*to, x, *rounding, seed, counter));
+            let from = ins[0].0.dtype();
+            if from.is_float() && to.size_of() == 2 && from != *to {
+                // Narrowing float casts straight from the (borrowed) f32 data.
+                let x = as_f32(ins[0].0);
+                return Ok(narrow(&x, *to, *rounding, seed, counter));
             }
             return Ok(cast(ins[0].0, *to));
         }
@@ -102,6 +100,22 @@ pub(crate) fn eval(
         seed,
         counter,
     ))
+}
+
+/// f32 → f16/bf16 with `rounding` (stochastic draws by logical flat index).
+fn narrow(x: &[f32], to: DType, rounding: Rounding, seed: u64, counter: u64) -> Storage {
+    use crate::dtype::{narrow_bf16, narrow_bf16_sr, narrow_f16, narrow_f16_sr};
+    match (to, rounding) {
+        (DType::F16, Rounding::Stochastic { stream }) => {
+            Storage::F16(narrow_f16_sr(x, crate::rng::sr_keys(seed, stream, counter)))
+        }
+        (DType::BF16, Rounding::Stochastic { stream }) => Storage::BF16(narrow_bf16_sr(
+            x,
+            crate::rng::sr_keys(seed, stream, counter),
+        )),
+        (DType::F16, Rounding::NearestEven) => Storage::F16(narrow_f16(x)),
+        _ => Storage::BF16(narrow_bf16(x)),
+    }
 }
 
 /// Casts between any two dtypes. Floats convert through f32 (exact widening, one rounding to
