@@ -1,7 +1,8 @@
 // matmul.wgsl — batched C = A·B with broadcast batch dims and optional transposes.
 //
 // a: (batch.., M, K) or (batch.., K, M) when ta; b: (batch.., K, N) or (batch.., N, K) when tb;
-// out: (batch.., M, N). One workgroup computes a BM×BN tile of one output matrix; each invocation
+// out: (batch.., M, N) — or columns n_off.. of a wider output when a weight is split over
+// several bindings (each launch then sees N = its chunk). One workgroup computes a BM×BN tile of one output matrix; each invocation
 // keeps a 4×4 register block (4 rows, 4 adjacent columns: two whole words of a 16-bit output).
 // K is walked in BK-deep slabs staged in workgroup memory as f32. Accumulation is always f32.
 // ALIGNED (M % BM == 0, N % BN == 0, K % BK == 0) drops every bounds check.
@@ -34,6 +35,10 @@ struct Params {
     tb: u32,
     ka: u32,     // stochastic-rounding keys of this node and run
     kb: u32,
+    n_off: u32,  // first output column of this launch (a weight split over bindings)
+    n_total: u32, // output columns in all
+    _p0: u32,
+    _p1: u32,
     _p2: u32,
 }
 
@@ -142,14 +147,14 @@ fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
         if (!ALIGNED && gi >= P.m) {
             continue;
         }
-        let base = o_base + gi * P.out_pitch;
-        let lrow = (wid.z * P.m + gi) * P.n;
+        let base = o_base + gi * P.out_pitch + P.n_off;
+        let lrow = (wid.z * P.m + gi) * P.n_total + P.n_off;
         if (is16(DT_OUT)) {
             // Two whole words per row: columns (c0, c0+1) and (c0+2, c0+3); the pad column of an
             // odd N is written as zero by the invocation that owns its word.
             for (var p = 0u; p < 2u; p++) {
                 let gj = c0 + 2u * p;
-                if (gj < P.out_pitch) {
+                if (P.n_off + gj < P.out_pitch) {
                     let lo = select(0u, enc_at(acc[r][2u * p], lrow + gj), gj < P.n);
                     let hi = select(0u, enc_at(acc[r][2u * p + 1u], lrow + gj + 1u), gj + 1u < P.n);
                     out[(base + gj) >> 1u] = lo | (hi << 16u);
@@ -188,7 +193,7 @@ fn store_row(base: u32, lrow: u32, cols: vec4<u32>, v: vec4<f32>, pairs: bool) {
     if (pairs) {
         for (var p = 0u; p < 2u; p++) {
             let gj = cols[2u * p];
-            if (gj < P.out_pitch) {
+            if (P.n_off + gj < P.out_pitch) {
                 let lo = select(0u, enc_at(v[2u * p], lrow + gj), gj < P.n);
                 let hi = select(0u, enc_at(v[2u * p + 1u], lrow + gj + 1u), gj + 1u < P.n);
                 out[(base + gj) >> 1u] = lo | (hi << 16u);
@@ -262,7 +267,8 @@ fn matmul_direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgrou
     let accs = array<vec4<f32>, 8>(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7);
     for (var r = 0u; r < 8u; r++) {
         if (row0 + r < P.m) {
-            store_row(o_base + (row0 + r) * P.out_pitch, (wid.z * P.m + row0 + r) * P.n, cols, accs[r], pairs);
+            let gi = row0 + r;
+            store_row(o_base + gi * P.out_pitch + P.n_off, (wid.z * P.m + gi) * P.n_total + P.n_off, cols, accs[r], pairs);
         }
     }
 }

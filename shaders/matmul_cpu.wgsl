@@ -28,6 +28,10 @@ struct Params {
     tb: u32,
     ka: u32,     // stochastic-rounding keys of this node and run
     kb: u32,
+    n_off: u32,  // first output column of this launch (a weight split over bindings)
+    n_total: u32, // output columns in all
+    _p0: u32,
+    _p1: u32,
     _p2: u32,
 }
 

@@ -221,8 +221,21 @@ fn convert_new<S: Sync, D: Copy + Default + Send>(
     src: &[S],
     f: impl Fn(&[S], &mut [D]) + Sync,
 ) -> Vec<D> {
+    let mut out = Vec::new();
+    convert_into(src, &mut out, f);
+    out
+}
+
+/// Like `convert_new`, into `out` (cleared; its capacity is reused, so a recycled buffer costs
+/// no allocation and no page faults).
+fn convert_into<S: Sync, D: Copy + Default + Send>(
+    src: &[S],
+    out: &mut Vec<D>,
+    f: impl Fn(&[S], &mut [D]) + Sync,
+) {
     let n = src.len();
-    let mut out: Vec<D> = Vec::with_capacity(n);
+    out.clear();
+    out.reserve(n);
     out.spare_capacity_mut()[..n]
         .par_chunks_mut(CONVERT_CHUNK)
         .zip(src.par_chunks(CONVERT_CHUNK))
@@ -238,7 +251,20 @@ fn convert_new<S: Sync, D: Copy + Default + Send>(
         });
     // SAFETY: the chunks above cover all `n` slots of the spare capacity and each was written.
     unsafe { out.set_len(n) };
-    out
+}
+
+/// f16 → f32 into `out` (exact), reusing its capacity.
+pub fn widen_f16_into(src: &[f16], out: &mut Vec<f32>) {
+    convert_into(src, out, |s, d| s.convert_to_f32_slice(d));
+}
+
+/// bf16 → f32 into `out` (exact), reusing its capacity.
+pub fn widen_bf16_into(src: &[bf16], out: &mut Vec<f32>) {
+    convert_into(src, out, |s, d: &mut [f32]| {
+        for (o, &x) in d.iter_mut().zip(s) {
+            *o = f32::from_bits(bf16_bits_to_f32(x.to_bits()));
+        }
+    });
 }
 
 /// f16 → a new f32 vector (exact), F16C where present.

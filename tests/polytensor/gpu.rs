@@ -226,3 +226,41 @@ fn an_unknown_device_query_is_a_clear_error() {
         "{e}"
     );
 }
+
+#[test]
+fn a_transposed_weight_over_the_binding_limit_is_split_over_bindings() {
+    // x @ wᵀ with w [N, K] over a 4 KiB binding limit: bound in row ranges, one launch each,
+    // no fallback; f32 and bf16 (odd N: the last range ends on the pad column).
+    let mut rng = Rng::new(33);
+    for (dtype, n) in [(DType::F32, 48usize), (DType::BF16, 77)] {
+        let k = 64;
+        let w = Tensor::from_f32(&[n, k], rng.vec(n * k, -1.0, 1.0), dtype).expect("w");
+        let x = Tensor::from_f32(&[2, 5, k], rng.vec(10 * k, -1.0, 1.0), dtype).expect("x");
+        let mut g = Graph::new();
+        let xi = g.input("x", [2, 5, k], dtype);
+        let wi = g.weight("w", [n, k], dtype);
+        let y = g.matmul_t(xi, wi, false, true).expect("matmul");
+        g.output("y", y).expect("out");
+        let want =
+            run_on(&Device::reference(), &g, &[("x", &x)], &[("w", &w)], &[]).expect("reference");
+        for device in devices_with_binding_limit(4096) {
+            let mut s = Session::new(&device);
+            s.set_fallback(FallbackPolicy::Deny);
+            s.load_weight("w", w.view(), dtype).expect("weight");
+            let p = s.compile(&g).expect("split, not refused");
+            assert_eq!(p.placement().fallbacks, 0);
+            let out = s.run(&p, &[("x", x.view())], &[]).expect("run");
+            let (atol, rtol) = match dtype {
+                DType::F32 => (1e-4, 1e-5),
+                _ => (1e-2, 2.0 * DType::BF16.epsilon()),
+            };
+            crate::common::assert_close(
+                &format!("split {dtype} on {}", device.info().name),
+                out.get("y").expect("y"),
+                &want[0],
+                atol,
+                rtol,
+            );
+        }
+    }
+}

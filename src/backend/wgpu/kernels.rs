@@ -160,7 +160,9 @@ pub(crate) struct MatmulParams {
     tb: u32,
     ka: u32,
     kb: u32,
-    pad: u32,
+    n_off: u32,
+    n_total: u32,
+    pad: [u32; 3],
 }
 
 /// Tile configuration of the matmul kernel for one adapter class. `wx == 0` selects the
@@ -260,6 +262,29 @@ pub(crate) fn matmul_vec_key(
     }
 }
 
+/// Bytes of one stored row of `k` elements of `dtype` (with the 16-bit pitch).
+pub(crate) fn row_bytes(dtype: DType, k: usize) -> usize {
+    geometry(dtype, &[k]).1 * dtype.size_of()
+}
+
+/// Rows of a transposed matmul weight `[N, K]` per binding when it exceeds `limit` bytes: the
+/// most that fit, even (whole output words for 16-bit), with byte offsets that are multiples of
+/// `align`. `None` when not even two rows fit.
+pub(crate) fn split_rows(
+    dtype: DType,
+    k: usize,
+    n: usize,
+    limit: u64,
+    align: u64,
+) -> Option<usize> {
+    let row = row_bytes(dtype, k) as u64;
+    let mut rows = (limit / row.max(1)).min(n as u64);
+    while rows >= 2 && (rows % 2 != 0 || (rows * row) % align != 0) {
+        rows -= 1;
+    }
+    (rows >= 2).then_some(rows as usize)
+}
+
 /// The subgroup kernel of matmul_sg.wgsl (8-wide subgroups only).
 pub(crate) fn matmul_sg_key(tiles: Tiles, a: DType, b: DType, out: DType, sr: bool) -> PipelineKey {
     PipelineKey {
@@ -290,10 +315,13 @@ pub(crate) fn matmul_params(
     ta: bool,
     tb: bool,
     keys: [u32; 2],
+    split: Option<(usize, usize)>,
 ) -> (MatmulParams, [u32; 3], usize) {
     let (sa, sb, so) = (a.1, b.1, out.1);
     let r = so.len();
-    let (m, n) = (so[r - 2], so[r - 1]);
+    // A split launch computes `n` = its chunk's columns from `n_off` of the full output.
+    let (n_off, n) = split.unwrap_or((0, so[r - 1]));
+    let m = so[r - 2];
     let k = if ta {
         sa[sa.len() - 2]
     } else {
@@ -318,12 +346,19 @@ pub(crate) fn matmul_params(
         tb: u32::from(tb),
         ka: keys[0],
         kb: keys[1],
-        pad: 0,
+        n_off: n_off as u32,
+        n_total: so[r - 1] as u32,
+        pad: [0; 3],
     };
     for (d, &x) in batch.iter().enumerate() {
         p.bdims[d] = x as u32;
         p.sa[d] = stride_a[d] as u32;
         p.sb[d] = stride_b[d] as u32;
+    }
+    if tiles.is_direct() && split.is_some() {
+        let wg = tiles.wy as usize;
+        let g = [n.div_ceil(4 * wg) as u32, m.div_ceil(8) as u32, nb as u32];
+        return (p, g, CLASS_GENERAL);
     }
     if tiles.is_direct() {
         let wg = tiles.wy as usize;
@@ -351,7 +386,7 @@ pub(crate) fn matmul_params(
         return (p, g, CLASS_GENERAL);
     }
     let (bm, bn) = (tiles.bm() as usize, tiles.bn() as usize);
-    let aligned = m % bm == 0 && n % bn == 0 && k % tiles.bk as usize == 0;
+    let aligned = split.is_none() && m % bm == 0 && n % bn == 0 && k % tiles.bk as usize == 0;
     let g = [n.div_ceil(bn) as u32, m.div_ceil(bm) as u32, nb as u32];
     (
         p,

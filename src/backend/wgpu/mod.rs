@@ -135,6 +135,26 @@ impl WgpuBackend {
             })
     }
 
+    /// Whether operand b of matmul node `n` (shape `b`) can be bound in row ranges.
+    fn splits(&self, n: &crate::ir::Node, b: &crate::shape::Shape, dtype: DType) -> bool {
+        let dims = b.max_dims();
+        matches!(
+            n.op,
+            Op::MatMul {
+                transpose_b: true,
+                ..
+            }
+        ) && dims.len() == 2
+            && kernels::split_rows(
+                dtype,
+                dims[1],
+                dims[0],
+                self.binding_limit,
+                u64::from(self.adapter.limits().min_storage_buffer_offset_alignment),
+            )
+            .is_some()
+    }
+
     /// The same adapter as a new device whose storage-binding limit is `bytes` (tests use a small
     /// limit to exercise the over-limit paths without allocating 128 MiB).
     pub fn with_binding_limit(&self, bytes: u64) -> WgpuBackend {
@@ -203,8 +223,13 @@ impl Backend for WgpuBackend {
             let x = graph.node(i).map_err(|e| e.to_string())?;
             shapes.push((&x.shape, x.dtype));
         }
-        for (shape, dtype) in &shapes {
+        for (k, (shape, dtype)) in shapes.iter().enumerate() {
             let bytes = layout::device_bytes(*dtype, &shape.max_dims());
+            // A transposed rank-2 matmul weight [N, K] may exceed the limit: it is bound in row
+            // ranges, one launch each (settled decision 5).
+            if bytes > limit && k == 2 && self.splits(n, shape, *dtype) {
+                continue;
+            }
             if bytes > limit {
                 return Err(format!(
                     "a {dtype}{shape} tensor needs {bytes} bytes, over the storage binding limit {limit}"
@@ -264,7 +289,11 @@ impl Backend for WgpuBackend {
 
     fn compile(&self, graph: &Graph) -> Result<Box<dyn Program>> {
         let ctx = self.ctx()?;
-        Ok(Box::new(program::WgpuProgram::new(ctx, graph)?))
+        Ok(Box::new(program::WgpuProgram::new(
+            ctx,
+            graph,
+            self.binding_limit,
+        )?))
     }
 }
 

@@ -38,7 +38,10 @@ enum Step {
         node: usize,
         /// The pipeline for each kernel class (kernels::CLASS_*).
         pipelines: Vec<Arc<Pipeline>>,
-        params: wgpu::Buffer,
+        /// One params buffer per launch (several when a weight is split over bindings).
+        params: Vec<wgpu::Buffer>,
+        /// Rows of the (transposed) matmul weight per binding, when it exceeds the limit.
+        split: Option<usize>,
     },
 }
 
@@ -157,7 +160,7 @@ impl BufPool {
 }
 
 impl WgpuProgram {
-    pub(crate) fn new(ctx: Arc<Ctx>, graph: &Graph) -> Result<WgpuProgram> {
+    pub(crate) fn new(ctx: Arc<Ctx>, graph: &Graph, binding_limit: u64) -> Result<WgpuProgram> {
         let nodes = graph.nodes();
         let n = nodes.len();
         let tiles = tiles_for(&ctx);
@@ -225,7 +228,10 @@ impl WgpuProgram {
                     steps.push(Step::Kernel {
                         node: i,
                         pipelines,
-                        params: ctx.uniform(std::mem::size_of::<kernels::StateParams>() as u64),
+                        params: vec![
+                            ctx.uniform(std::mem::size_of::<kernels::StateParams>() as u64),
+                        ],
+                        split: None,
                     });
                     if used {
                         let b = pool.alloc(&ctx, bytes)?;
@@ -250,10 +256,34 @@ impl WgpuProgram {
                         Op::Reduce { .. } => std::mem::size_of::<kernels::ReduceParams>(),
                         _ => std::mem::size_of::<kernels::EwParams>(),
                     };
+                    // A transposed weight over the binding limit: bound in row ranges, one launch
+                    // per range (supports() accepted it only when such a split exists).
+                    let split = match &node.op {
+                        Op::MatMul {
+                            transpose_b: true, ..
+                        } => {
+                            let b = &nodes[node.inputs[1].0];
+                            let dims = b.shape.max_dims();
+                            let bytes = device_bytes(b.dtype, &dims);
+                            if bytes > binding_limit && dims.len() == 2 {
+                                let align =
+                                    u64::from(ctx.limits.min_storage_buffer_offset_alignment);
+                                kernels::split_rows(b.dtype, dims[1], dims[0], binding_limit, align)
+                            } else {
+                                None
+                            }
+                        }
+                        _ => None,
+                    };
+                    let launches = match split {
+                        Some(rows) => nodes[node.inputs[1].0].shape.max_dims()[0].div_ceil(rows),
+                        None => 1,
+                    };
                     steps.push(Step::Kernel {
                         node: i,
                         pipelines,
-                        params: ctx.uniform(psize as u64),
+                        params: (0..launches).map(|_| ctx.uniform(psize as u64)).collect(),
+                        split,
                     });
                 }
             }
@@ -322,7 +352,8 @@ impl WgpuProgram {
         bindings: &Bindings,
         seed: u64,
         counter: u64,
-    ) -> Result<Option<Launch>> {
+        split: Option<usize>,
+    ) -> Result<Vec<Launch>> {
         let node = &self.graph.nodes()[i];
         let ins: Vec<(DType, &[usize])> = node
             .inputs
@@ -352,49 +383,70 @@ impl WgpuProgram {
                     });
                 }
                 if count(value) == 0 {
-                    return Ok(None);
+                    return Ok(vec![]);
                 }
                 let (p, g) = kernels::state_params(node.dtype, state, value, *axis, off);
-                (bytemuck::bytes_of(&p).to_vec(), g, 0)
+                (bytemuck::bytes_of(&p).to_vec(), g, 0, None)
             }
-            _ if count(out.1) == 0 => return Ok(None),
+            _ if count(out.1) == 0 => return Ok(vec![]),
             Op::MatMul {
                 transpose_a,
                 transpose_b,
             } => {
-                let (p, g, aligned) = kernels::matmul_params(
-                    self.tiles,
-                    ins[0],
-                    ins[1],
-                    out,
-                    *transpose_a,
-                    *transpose_b,
-                    keys,
-                );
-                (bytemuck::bytes_of(&p).to_vec(), g, aligned)
+                let (ta, tb) = (*transpose_a, *transpose_b);
+                let Some(rows) = split else {
+                    let (p, g, class) =
+                        kernels::matmul_params(self.tiles, ins[0], ins[1], out, ta, tb, keys, None);
+                    return Ok(vec![(bytemuck::bytes_of(&p).to_vec(), g, class, None)]);
+                };
+                // Weight [N, K] bound `rows` rows at a time; each launch fills its columns.
+                let (bd, bs) = ins[1];
+                let row_bytes = (kernels::row_bytes(bd, bs[1])) as u64;
+                let mut launches = Vec::new();
+                for n0 in (0..bs[0]).step_by(rows) {
+                    let nc = rows.min(bs[0] - n0);
+                    let chunk = [nc, bs[1]];
+                    let (p, g, class) = kernels::matmul_params(
+                        self.tiles,
+                        ins[0],
+                        (bd, &chunk),
+                        out,
+                        ta,
+                        tb,
+                        keys,
+                        Some((n0, nc)),
+                    );
+                    let range = (
+                        n0 as u64 * row_bytes,
+                        (nc as u64 * row_bytes).div_ceil(4) * 4,
+                    );
+                    launches.push((bytemuck::bytes_of(&p).to_vec(), g, class, Some(range)));
+                }
+                return Ok(launches);
             }
             Op::Unary(_) | Op::Cast { .. } => {
                 let (p, g) = kernels::elementwise_params(ins[0], None, out, keys);
-                (bytemuck::bytes_of(&p).to_vec(), g, 0)
+                (bytemuck::bytes_of(&p).to_vec(), g, 0, None)
             }
             Op::Binary(_) => {
                 let (p, g) = kernels::elementwise_params(ins[0], Some(ins[1]), out, keys);
-                (bytemuck::bytes_of(&p).to_vec(), g, 0)
+                (bytemuck::bytes_of(&p).to_vec(), g, 0, None)
             }
             Op::Reduce { axis, .. } => {
                 let (p, g) = kernels::reduce_params(ins[0], out, *axis, keys);
-                (bytemuck::bytes_of(&p).to_vec(), g, 0)
+                (bytemuck::bytes_of(&p).to_vec(), g, 0, None)
             }
             Op::Input { .. } | Op::Weight { .. } | Op::State { .. } | Op::Constant { .. } => {
-                return Ok(None);
+                return Ok(vec![]);
             }
         };
-        Ok(Some(r))
+        Ok(vec![r])
     }
 }
 
-/// A kernel's params bytes, grid and kernel class for one run.
-type Launch = (Vec<u8>, [u32; 3], usize);
+/// One kernel launch of a run: params bytes, grid, kernel class, and the byte range of operand
+/// b to bind (a split weight), else all of it.
+type Launch = (Vec<u8>, [u32; 3], usize, Option<(u64, u64)>);
 
 struct WgpuPending<'a> {
     program: &'a WgpuProgram,
@@ -473,12 +525,16 @@ impl Program for WgpuProgram {
                     node,
                     pipelines,
                     params,
+                    split,
                 } => {
-                    let Some((bytes, grid, class)) =
-                        self.launch(*node, &shapes, args.bindings, args.seed, args.counter)?
-                    else {
-                        continue;
-                    };
+                    let launches = self.launch(
+                        *node,
+                        &shapes,
+                        args.bindings,
+                        args.seed,
+                        args.counter,
+                        *split,
+                    )?;
                     let n = &nodes[*node];
                     // A matmul with an empty reduction is all zeros: clear instead of dispatching.
                     if let Op::MatMul { transpose_a, .. } = n.op {
@@ -488,63 +544,82 @@ impl Program for WgpuProgram {
                         } else {
                             a[a.len() - 1]
                         };
-                        if k == 0 {
+                        if k == 0 && !launches.is_empty() {
                             enc.clear_buffer(self.buffer(*node, &args)?, 0, None);
                             continue;
                         }
                     }
-                    ctx.queue.write_buffer(params, 0, &bytes);
-                    let pipe = &pipelines[class.min(pipelines.len() - 1)];
-                    let mut entries = Vec::with_capacity(4);
-                    let mut bind = |k: usize, buf: &'a wgpu::Buffer| {
-                        entries.push(wgpu::BindGroupEntry {
-                            binding: k as u32,
-                            resource: buf.as_entire_binding(),
-                        })
-                    };
-                    match n.op {
-                        Op::WriteState { ref name, .. } => {
-                            bind(0, self.buffer(n.inputs[0].0, &args)?);
-                            let st = args
-                                .states
-                                .get(name)
-                                .and_then(|s| s.as_any().downcast_ref::<WgpuBuffer>());
-                            let st = st.ok_or_else(|| Error::UnknownState {
-                                name: name.clone(),
-                                known: String::new(),
-                            })?;
-                            bind(1, &st.buffer);
-                            bind(2, params);
-                        }
-                        Op::Reduce { .. } => {
-                            bind(0, self.buffer(n.inputs[0].0, &args)?);
-                            bind(1, self.buffer(*node, &args)?);
-                            bind(2, params);
-                        }
-                        _ => {
-                            let a = self.buffer(n.inputs[0].0, &args)?;
-                            let b = match n.inputs.get(1) {
-                                Some(j) => self.buffer(j.0, &args)?,
-                                None => a,
-                            };
-                            bind(0, a);
-                            bind(1, b);
-                            bind(2, self.buffer(*node, &args)?);
-                            bind(3, params);
-                        }
+                    for ((bytes, grid, class, b_range), params) in launches.into_iter().zip(params)
+                    {
+                        ctx.queue.write_buffer(params, 0, &bytes);
+                        let pipe = &pipelines[class.min(pipelines.len() - 1)];
+                        let whole = |buf: &'a wgpu::Buffer| buf.as_entire_binding();
+                        let resources: Vec<wgpu::BindingResource<'_>> = match n.op {
+                            Op::WriteState { ref name, .. } => {
+                                let st = args
+                                    .states
+                                    .get(name)
+                                    .and_then(|s| s.as_any().downcast_ref::<WgpuBuffer>());
+                                let st = st.ok_or_else(|| Error::UnknownState {
+                                    name: name.clone(),
+                                    known: String::new(),
+                                })?;
+                                vec![
+                                    whole(self.buffer(n.inputs[0].0, &args)?),
+                                    whole(&st.buffer),
+                                    whole(params),
+                                ]
+                            }
+                            Op::Reduce { .. } => vec![
+                                whole(self.buffer(n.inputs[0].0, &args)?),
+                                whole(self.buffer(*node, &args)?),
+                                whole(params),
+                            ],
+                            _ => {
+                                let a = self.buffer(n.inputs[0].0, &args)?;
+                                let b = match n.inputs.get(1) {
+                                    Some(j) => self.buffer(j.0, &args)?,
+                                    None => a,
+                                };
+                                let b = match b_range {
+                                    Some((offset, size)) => {
+                                        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                            buffer: b,
+                                            offset,
+                                            size: std::num::NonZeroU64::new(size),
+                                        })
+                                    }
+                                    None => whole(b),
+                                };
+                                vec![
+                                    whole(a),
+                                    b,
+                                    whole(self.buffer(*node, &args)?),
+                                    whole(params),
+                                ]
+                            }
+                        };
+                        let entries: Vec<wgpu::BindGroupEntry<'_>> = resources
+                            .into_iter()
+                            .enumerate()
+                            .map(|(k, resource)| wgpu::BindGroupEntry {
+                                binding: k as u32,
+                                resource,
+                            })
+                            .collect();
+                        let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                            label: None,
+                            layout: &pipe.layout,
+                            entries: &entries,
+                        });
+                        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                            label: Some(n.op.name()),
+                            timestamp_writes: None,
+                        });
+                        pass.set_pipeline(&pipe.pipeline);
+                        pass.set_bind_group(0, &bg, &[]);
+                        pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
                     }
-                    let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                        label: None,
-                        layout: &pipe.layout,
-                        entries: &entries,
-                    });
-                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                        label: Some(n.op.name()),
-                        timestamp_writes: None,
-                    });
-                    pass.set_pipeline(&pipe.pipeline);
-                    pass.set_bind_group(0, &bg, &[]);
-                    pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
                 }
             }
         }
