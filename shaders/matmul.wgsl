@@ -7,10 +7,6 @@
 // K is walked in BK-deep slabs staged in workgroup memory as f32. Accumulation is always f32.
 // ALIGNED (M % BM == 0, N % BN == 0, K % BK == 0) drops every bounds check.
 
-override DT_A: u32 = 0u;
-override DT_B: u32 = 0u;
-override DT_OUT: u32 = 0u;
-override ROUND: u32 = 0u;   // 0 nearest even, 1 stochastic
 override WX: u32 = 16u;          // invocations along N
 override WY: u32 = 16u;          // invocations along M
 override BK: u32 = 16u;
@@ -20,32 +16,10 @@ override A_TILE: u32 = 1024u;    // BK · BM
 override B_TILE: u32 = 1024u;    // BK · BN
 override ALIGNED: bool = false;
 
-struct Params {
-    bdims: vec4<u32>,    // output batch dims (outermost first), `nb` of them
-    sa: vec4<u32>,       // a's batch strides, in matrices (0 = broadcast)
-    sb: vec4<u32>,
-    nb: u32,
-    m: u32,
-    n: u32,
-    k: u32,
-    a_pitch: u32,        // stored row length of a (K, or M when ta), padded
-    b_pitch: u32,
-    out_pitch: u32,
-    ta: u32,
-    tb: u32,
-    ka: u32,     // stochastic-rounding keys of this node and run
-    kb: u32,
-    n_off: u32,  // first output column of this launch (a weight split over bindings)
-    n_total: u32, // output columns in all
-    _p0: u32,
-    _p1: u32,
-    _p2: u32,
-}
 
 @group(0) @binding(0) var<storage, read> a: array<u32>;
 @group(0) @binding(1) var<storage, read> b: array<u32>;
 @group(0) @binding(2) var<storage, read_write> out: array<u32>;
-@group(0) @binding(3) var<uniform> P: Params;
 
 var<workgroup> As: array<f32, A_TILE>;   // [BK][BM]
 var<workgroup> Bs: array<f32, B_TILE>;   // [BK][BN]
@@ -58,24 +32,12 @@ fn load_b(e: u32) -> f32 {
     return bitcast<f32>(elem_bits(DT_B, b[word_of(DT_B, e)], (e & 1u) == 1u));
 }
 
-// The stored bits of an output value at logical flat index `l`, with the node's rounding.
-fn enc_at(v: f32, l: u32) -> u32 {
-    return encode_round(DT_OUT, bitcast<u32>(v), ROUND == 1u, vec2<u32>(P.ka, P.kb), l);
-}
-
 @compute @workgroup_size(WX, WY)
 fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     // Batch offsets (elements) of this output matrix in a, b and out.
-    var rem = wid.z;
-    var ma = 0u;
-    var mb = 0u;
-    for (var d = i32(P.nb) - 1; d >= 0; d--) {
-        let n = P.bdims[d];
-        let i = rem % n;
-        rem = rem / n;
-        ma += i * P.sa[d];
-        mb += i * P.sb[d];
-    }
+    let mats = batch_matrices(wid.z);
+    let ma = mats.x;
+    let mb = mats.y;
     let a_rows = select(P.m, P.k, P.ta == 1u);
     let b_rows = select(P.k, P.n, P.tb == 1u);
     let a_base = ma * a_rows * P.a_pitch;
@@ -210,16 +172,9 @@ fn store_row(base: u32, lrow: u32, cols: vec4<u32>, v: vec4<f32>, pairs: bool) {
 
 @compute @workgroup_size(DWG)
 fn matmul_direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    var rem = wid.z;
-    var ma = 0u;
-    var mb = 0u;
-    for (var d = i32(P.nb) - 1; d >= 0; d--) {
-        let n = P.bdims[d];
-        let i = rem % n;
-        rem = rem / n;
-        ma += i * P.sa[d];
-        mb += i * P.sb[d];
-    }
+    let mats = batch_matrices(wid.z);
+    let ma = mats.x;
+    let mb = mats.y;
     let a_base = ma * select(P.m, P.k, P.ta == 1u) * P.a_pitch;
     let b_base = mb * select(P.k, P.n, P.tb == 1u) * P.b_pitch;
     let o_base = wid.z * P.m * P.out_pitch;

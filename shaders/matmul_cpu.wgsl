@@ -7,52 +7,17 @@
 // a: (batch.., M, K), b: (batch.., K, N), out: (batch.., M, N), f16 or bf16, with K and N
 // multiples of 8 (a word holds two elements, a vec4<u32> eight).
 
-override DT_A: u32 = 0u;
-override DT_B: u32 = 0u;
-override DT_OUT: u32 = 0u;
-override ROUND: u32 = 0u;   // 0 nearest even, 1 stochastic
 override DWG: u32 = 64u;
 
-struct Params {
-    bdims: vec4<u32>,
-    sa: vec4<u32>,
-    sb: vec4<u32>,
-    nb: u32,
-    m: u32,
-    n: u32,
-    k: u32,
-    a_pitch: u32,
-    b_pitch: u32,
-    out_pitch: u32,
-    ta: u32,
-    tb: u32,
-    ka: u32,     // stochastic-rounding keys of this node and run
-    kb: u32,
-    n_off: u32,  // first output column of this launch (a weight split over bindings)
-    n_total: u32, // output columns in all
-    _p0: u32,
-    _p1: u32,
-    _p2: u32,
-}
 
 @group(0) @binding(0) var<storage, read> a: array<vec4<u32>>;
 @group(0) @binding(1) var<storage, read> b: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read_write> out: array<vec4<u32>>;
-@group(0) @binding(3) var<uniform> P: Params;
 
-// Batch offsets (in elements) of output matrix z in a, b and out.
+// Batch offsets (in elements) of output matrix z in a, b and out (contiguous operands).
 fn bases(z: u32) -> vec3<u32> {
-    var rem = z;
-    var ma = 0u;
-    var mb = 0u;
-    for (var d = i32(P.nb) - 1; d >= 0; d--) {
-        let n = P.bdims[d];
-        let i = rem % n;
-        rem = rem / n;
-        ma += i * P.sa[d];
-        mb += i * P.sb[d];
-    }
-    return vec3<u32>(ma * P.m * P.k, mb * P.k * P.n, z * P.m * P.n);
+    let mats = batch_matrices(z);
+    return vec3<u32>(mats.x * P.m * P.k, mats.y * P.k * P.n, z * P.m * P.n);
 }
 
 // The two 16-bit elements of word w, widened to f32.
@@ -60,16 +25,11 @@ fn pair(dt: u32, w: u32) -> vec2<f32> {
     return vec2<f32>(bitcast<f32>(elem_bits(dt, w, false)), bitcast<f32>(elem_bits(dt, w, true)));
 }
 
-// The stored bits of an output value at logical flat index `l`, with the node's rounding.
-fn enc(v: f32, l: u32) -> u32 {
-    return encode_round(DT_OUT, bitcast<u32>(v), ROUND == 1u, vec2<u32>(P.ka, P.kb), l);
-}
-
 // Four words (eight columns from `c`) of one output row `gi` of matrix `z`.
 fn words8(lo: vec4<f32>, hi: vec4<f32>, z: u32, gi: u32, c: u32) -> vec4<u32> {
     let l = (z * P.m + gi) * P.n + c;
-    return vec4<u32>(enc(lo.x, l) | (enc(lo.y, l + 1u) << 16u), enc(lo.z, l + 2u) | (enc(lo.w, l + 3u) << 16u),
-                     enc(hi.x, l + 4u) | (enc(hi.y, l + 5u) << 16u), enc(hi.z, l + 6u) | (enc(hi.w, l + 7u) << 16u));
+    return vec4<u32>(enc_at(lo.x, l) | (enc_at(lo.y, l + 1u) << 16u), enc_at(lo.z, l + 2u) | (enc_at(lo.w, l + 3u) << 16u),
+                     enc_at(hi.x, l + 4u) | (enc_at(hi.y, l + 5u) << 16u), enc_at(hi.z, l + 6u) | (enc_at(hi.w, l + 7u) << 16u));
 }
 
 // f16/bf16: each invocation computes rows row0..row0+3 × 8 contiguous columns (four whole

@@ -9,56 +9,17 @@
 // whose subgroup size is exactly 8 (the unrolled broadcasts assume it). Requires K % 64 == 0 and
 // N % 8 == 0.
 
-override DT_A: u32 = 0u;
-override DT_B: u32 = 0u;
-override DT_OUT: u32 = 0u;
-override ROUND: u32 = 0u;
 override DWG: u32 = 64u;
 
-struct Params {
-    bdims: vec4<u32>,
-    sa: vec4<u32>,
-    sb: vec4<u32>,
-    nb: u32,
-    m: u32,
-    n: u32,
-    k: u32,
-    a_pitch: u32,
-    b_pitch: u32,
-    out_pitch: u32,
-    ta: u32,
-    tb: u32,
-    ka: u32,     // stochastic-rounding keys of this node and run
-    kb: u32,
-    n_off: u32,  // first output column of this launch (a weight split over bindings)
-    n_total: u32, // output columns in all
-    _p0: u32,
-    _p1: u32,
-    _p2: u32,
-}
 
 @group(0) @binding(0) var<storage, read> a: array<vec4<u32>>;
 @group(0) @binding(1) var<storage, read> b: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read_write> out: array<u32>;
-@group(0) @binding(3) var<uniform> P: Params;
 
-// Batch offsets (in elements) of output matrix z in a, b and out.
+// Batch offsets (in elements) of output matrix z in a, b and out (contiguous operands).
 fn bases(z: u32) -> vec3<u32> {
-    var rem = z;
-    var ma = 0u;
-    var mb = 0u;
-    for (var d = i32(P.nb) - 1; d >= 0; d--) {
-        let n = P.bdims[d];
-        let i = rem % n;
-        rem = rem / n;
-        ma += i * P.sa[d];
-        mb += i * P.sb[d];
-    }
-    return vec3<u32>(ma * P.m * P.k, mb * P.k * P.n, z * P.m * P.n);
-}
-
-fn enc(v: f32, l: u32) -> u32 {
-    return encode_round(DT_OUT, bitcast<u32>(v), ROUND == 1u, vec2<u32>(P.ka, P.kb), l);
+    let mats = batch_matrices(z);
+    return vec3<u32>(mats.x * P.m * P.k, mats.y * P.k * P.n, z * P.m * P.n);
 }
 
 // 4 rows × 8 columns per lane; a lane's A slice is 8 consecutive k (4 words).
@@ -128,10 +89,10 @@ fn matmul_sg8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_
             let lo = acc[2u * r];
             let hi = acc[2u * r + 1u];
             let o = l / 2u;
-            out[o] = enc(lo.x, l) | (enc(lo.y, l + 1u) << 16u);
-            out[o + 1u] = enc(lo.z, l + 2u) | (enc(lo.w, l + 3u) << 16u);
-            out[o + 2u] = enc(hi.x, l + 4u) | (enc(hi.y, l + 5u) << 16u);
-            out[o + 3u] = enc(hi.z, l + 6u) | (enc(hi.w, l + 7u) << 16u);
+            out[o] = enc_at(lo.x, l) | (enc_at(lo.y, l + 1u) << 16u);
+            out[o + 1u] = enc_at(lo.z, l + 2u) | (enc_at(lo.w, l + 3u) << 16u);
+            out[o + 2u] = enc_at(hi.x, l + 4u) | (enc_at(hi.y, l + 5u) << 16u);
+            out[o + 3u] = enc_at(hi.z, l + 6u) | (enc_at(hi.w, l + 7u) << 16u);
         }
     }
 }

@@ -20,6 +20,10 @@ pub(crate) enum Shader {
 }
 
 const PRELUDE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/prelude.wgsl"));
+const MATMUL_PARAMS: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/shaders/matmul_params.wgsl"
+));
 
 impl Shader {
     /// Every family (for the naga test).
@@ -64,7 +68,14 @@ impl Shader {
 
     /// The full WGSL: the dtype prelude, then the family's kernels.
     pub(crate) fn source(self) -> String {
-        format!("{PRELUDE}\n{}", self.body())
+        match self {
+            Shader::Matmul | Shader::MatmulCpu | Shader::MatmulSg => {
+                format!("{PRELUDE}\n{MATMUL_PARAMS}\n{}", self.body())
+            }
+            Shader::Elementwise | Shader::Reduce | Shader::State => {
+                format!("{PRELUDE}\n{}", self.body())
+            }
+        }
     }
 
     /// Bindings: (read-only storage count, then one read-write storage, then the params uniform).

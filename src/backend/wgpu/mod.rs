@@ -6,6 +6,7 @@ mod context;
 mod kernels;
 mod layout;
 mod program;
+mod run;
 
 use std::any::Any;
 use std::sync::{Arc, OnceLock};
