@@ -364,7 +364,7 @@ pub fn shader_variants() -> Vec<ShaderVariant> {
                 sg8: true,
                 ..Tiles::direct(64)
             };
-            if d == DType::F16 {
+            if d != DType::BF16 {
                 keys.push(kernels::matmul_sg_key(sg, d, d, d, sr));
             }
         }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::context::{Ctx, Pipeline};
 use super::kernels::{self, Ew, Tiles};
 use super::layout::{device_bytes, to_device};
-use crate::dtype::{DType, Rounding};
+use crate::dtype::Rounding;
 use crate::error::{Error, Result};
 use crate::ir::{Graph, Op};
 use crate::tensor::Storage;
@@ -105,7 +105,7 @@ fn pipelines_for(
             } else {
                 ctx.pipeline(&kernels::matmul_key(tiles, a, b, o, true, sr))?
             };
-            let subgroup = if tiles.sg8 && o == DType::F16 {
+            let subgroup = if tiles.sg8 {
                 ctx.pipeline(&kernels::matmul_sg_key(tiles, a, b, o, sr))?
             } else {
                 general.clone()

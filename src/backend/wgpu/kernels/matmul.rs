@@ -153,11 +153,18 @@ pub(crate) fn split_rows(
     (rows >= 2).then_some(rows as usize)
 }
 
+/// Rows per workgroup of matmul_sg.wgsl (its `SG_ROWS`).
+const SG_ROWS: usize = 16;
+
 /// The subgroup kernel of matmul_sg.wgsl (8-wide subgroups only).
 pub(crate) fn matmul_sg_key(tiles: Tiles, a: DType, b: DType, out: DType, sr: bool) -> PipelineKey {
     PipelineKey {
         shader: Shader::MatmulSg,
-        entry: "matmul_sg8",
+        entry: if out == DType::F32 {
+            "matmul_sg4"
+        } else {
+            "matmul_sg8"
+        },
         constants: vec![
             ("DT_A", code(a)),
             ("DT_B", code(b)),
@@ -239,11 +246,27 @@ pub(crate) fn matmul_params(
             m.div_ceil(4) as u32,
             nb as u32,
         ];
-        // Measured on lavapipe at n = 1024 (best of 5, two alternating runs): f16 273 ms with
-        // matmul_sg.wgsl vs 312–457 ms with matmul_cpu.wgsl; bf16 180 ms with matmul_cpu.wgsl vs
-        // 211–220 with subgroups; f32 234 ms with the direct kernel vs 273–284 with subgroups.
-        // So subgroups only for f16, whose integer decode the broadcast amortises best.
+        // Measured on lavapipe at n = 1024 (best of 4–5, alternating runs): f16 273 ms with
+        // matmul_sg8 (4 rows) vs 312–457 ms with matmul_cpu.wgsl; bf16 180 ms with
+        // matmul_cpu.wgsl vs 211–220 with matmul_sg8 (and 460 with a 16-row matmul_sg8, which
+        // spills); f32 124–146 ms with matmul_sg4 (16 rows) vs 214–234 ms with the direct kernel.
         if tiles.sg8 && out.0 == DType::F16 && !ta && !tb && k % 64 == 0 && n % 8 == 0 {
+            return (p, g, CLASS_SUBGROUP);
+        }
+        // f32 needs at least 16 rows (SG_ROWS), or the block would mostly idle.
+        if tiles.sg8
+            && out.0 == DType::F32
+            && !ta
+            && !tb
+            && k % 32 == 0
+            && n % 4 == 0
+            && m >= SG_ROWS
+        {
+            let g = [
+                (n / 4).div_ceil(wg) as u32,
+                m.div_ceil(SG_ROWS) as u32,
+                nb as u32,
+            ];
             return (p, g, CLASS_SUBGROUP);
         }
         // matmul_cpu.wgsl: one invocation per 8 columns of 4 rows.
