@@ -48,8 +48,9 @@ pub struct Placement {
     pub fallbacks: usize,
 }
 
+/// The name of node `j`'s value between segments: `#` cannot appear in a user's names.
 fn value_name(j: usize) -> String {
-    format!("__v{j}")
+    format!("#v{j}")
 }
 
 /// Splits `graph` (validated, dead nodes removed) over `device` and the CPU fallback.

@@ -298,7 +298,9 @@ impl Session {
                     })?;
                     check_buffer("weight", name, buf.as_ref(), &node.shape, node.dtype)?;
                 }
-                Op::State { name } => {
+                // A write's node has the state's shape and dtype: check it even when no node
+                // reads the state (dead-node elimination removes an unread `state` node).
+                Op::State { name } | Op::WriteState { name, .. } => {
                     let buf = self.states.get(name).ok_or_else(|| Error::UnknownState {
                         name: name.clone(),
                         known: names(&self.states),
@@ -308,7 +310,9 @@ impl Session {
                 _ => {}
             }
         }
-        let tensors = if let [seg] = program.segments.as_slice() {
+        let tensors = if let [seg] = program.segments.as_slice()
+            && !seg.fallback
+        {
             let args = RunArgs {
                 inputs: &by_name,
                 bindings: &bound,

@@ -82,9 +82,11 @@ impl Shape {
         self.0.iter().map(Dim::max).collect()
     }
 
-    /// The element count at the maxima.
+    /// The element count at the maxima (saturating at `usize::MAX`).
     pub fn max_numel(&self) -> usize {
-        self.max_dims().iter().product()
+        self.max_dims()
+            .iter()
+            .fold(1usize, |a, &d| a.saturating_mul(d))
     }
 
     /// The concrete sizes under `bindings`.

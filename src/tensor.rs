@@ -203,7 +203,7 @@ impl<'a> StorageRef<'a> {
 }
 
 fn check_len(shape: &[usize], len: usize) -> Result<()> {
-    let expected: usize = shape.iter().product();
+    let expected = shape.iter().fold(1usize, |a, &d| a.saturating_mul(d));
     if expected != len {
         return Err(Error::DataLength {
             shape: fmt_dims(shape),

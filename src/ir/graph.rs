@@ -175,6 +175,12 @@ impl Graph {
                 }
                 Ok(())
             }
+            Op::Weight { name } | Op::State { name } if !node.shape.is_fixed() => {
+                Err(Error::InvalidArgument {
+                    op: node.op.name(),
+                    msg: format!("`{name}` needs a fixed shape, got {}", node.shape),
+                })
+            }
             Op::Input { name } | Op::Weight { name } | Op::State { name } => {
                 if name.is_empty()
                     || !name

@@ -76,7 +76,10 @@ fn parse_type(line: usize, s: &str) -> Result<(DType, Shape, Rounding, bool)> {
     let open = s
         .find('[')
         .ok_or_else(|| perr(line, "expected dtype[shape]"))?;
-    let close = s.find(']').ok_or_else(|| perr(line, "unclosed shape"))?;
+    let close = s[open..]
+        .find(']')
+        .map(|c| open + c)
+        .ok_or_else(|| perr(line, "unclosed shape"))?;
     let dtype: DType = s[..open]
         .trim()
         .parse()

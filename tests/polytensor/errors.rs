@@ -235,3 +235,58 @@ fn run_misuse() {
     assert!(sess.read_state("missing").is_err());
     assert!(Tensor::new(&[2, 2], vec![1f32; 3]).is_err(), "data length");
 }
+
+#[test]
+fn review_cases_are_errors_not_panics() {
+    // A state only written (no node reads it) is still checked against the session's tensor.
+    let mut g = Graph::new();
+    let _kv = g.state("kv", [2, 8, 3], DType::BF16);
+    let x = g.input("x", [2, 1, 3], DType::BF16);
+    let w = g
+        .write_state("kv", x, 1, Offset::Sym("pos".into()))
+        .expect("write");
+    let y = g.unary(UnaryOp::Neg, w).expect("neg");
+    g.output("y", y).expect("out");
+    let xt = Tensor::from_f32(&[2, 1, 3], vec![1.0; 6], DType::BF16).expect("x");
+    for device in crate::common::devices_under_test() {
+        let mut s = Session::new(&device);
+        for bad in [&[8usize][..], &[2, 8, 1], &[2, 8, 5]] {
+            s.create_state("kv", bad, DType::BF16).expect("state");
+            let p = s.compile(&g).expect("compile");
+            let e = s
+                .run(&p, &[("x", xt.view())], &[("pos", 0)])
+                .expect_err("wrong state shape");
+            assert!(
+                matches!(e, Error::TensorMismatch { kind: "state", .. }),
+                "{e}"
+            );
+        }
+        // An offset that would overflow is an Err.
+        s.create_state("kv", &[2, 8, 3], DType::BF16)
+            .expect("state");
+        let p = s.compile(&g).expect("compile");
+        let e = s
+            .run(&p, &[("x", xt.view())], &[("pos", usize::MAX)])
+            .expect_err("huge offset");
+        assert!(matches!(e, Error::StateWriteOutOfRange { .. }), "{e}");
+    }
+    // Weights and states need fixed shapes.
+    let mut g = Graph::new();
+    let w = g.weight("w", [Dim::sym("n", 4), Dim::Fixed(2)], DType::F32);
+    g.output("w", w).expect("out");
+    let e = Session::new(&Device::cpu())
+        .compile(&g)
+        .err()
+        .expect("symbolic weight");
+    assert!(e.to_string().contains("fixed shape"), "{e}");
+    // Absurd shapes are errors, not overflows.
+    let mut g = Graph::new();
+    let x = g.input("x", [1 << 31, 1 << 31], DType::F32);
+    g.output("x", x).expect("out");
+    let e = Session::new(&Device::cpu())
+        .compile(&g)
+        .err()
+        .expect("too large");
+    assert!(e.to_string().contains("too many elements"), "{e}");
+    assert!(Graph::parse("%0: f32]3[ = Input(name:\"x\")()").is_err());
+}

@@ -264,3 +264,30 @@ fn a_transposed_weight_over_the_binding_limit_is_split_over_bindings() {
         }
     }
 }
+
+#[test]
+fn a_graph_that_falls_back_entirely_still_runs_with_its_weights() {
+    // Non-transposed weight over a 1 KiB limit: the only op falls back to the CPU, and the CPU
+    // segment gets host copies of the weights; an output named twice comes back twice.
+    let mut rng = Rng::new(34);
+    let w = Tensor::new(&[64, 8], rng.vec(512, -1.0, 1.0)).expect("w");
+    let x = Tensor::new(&[3, 64], rng.vec(192, -1.0, 1.0)).expect("x");
+    let mut g = Graph::new();
+    let xi = g.input("x", [3, 64], DType::F32);
+    let wi = g.weight("w", [64, 8], DType::F32);
+    let y = g.matmul(xi, wi).expect("matmul");
+    g.output("y", y).expect("out");
+    g.output("y_again", y).expect("out");
+    let want =
+        run_on(&Device::reference(), &g, &[("x", &x)], &[("w", &w)], &[]).expect("reference");
+    for device in devices_with_binding_limit(1024) {
+        let mut s = Session::new(&device);
+        s.load_weight("w", w.view(), DType::F32).expect("weight");
+        let p = s.compile(&g).expect("Allow");
+        assert_eq!(p.placement().fallbacks, 1);
+        let out = s.run(&p, &[("x", x.view())], &[]).expect("run");
+        for name in ["y", "y_again"] {
+            crate::common::assert_close(name, out.get(name).expect("out"), &want[0], 1e-5, 1e-5);
+        }
+    }
+}

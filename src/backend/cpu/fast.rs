@@ -73,6 +73,18 @@ pub(crate) fn eval(
     seed: u64,
     counter: u64,
 ) -> Result<Storage> {
+    // A safety net under the session's checks: data shorter than its shape is an error here,
+    // never an out-of-bounds read in a kernel.
+    for (data, shape) in ins {
+        let want = shape.iter().fold(1usize, |a, &d| a.saturating_mul(d));
+        if data.len() != want {
+            return Err(Error::InvalidGraph(format!(
+                "{}: operand of {} elements for shape {shape:?}",
+                node.op.name(),
+                data.len()
+            )));
+        }
+    }
     let out = match &node.op {
         Op::Unary(u) => {
             let x = as_f32(ins[0].0);
@@ -118,7 +130,7 @@ pub(crate) fn eval(
         Op::Reduce { op, axis } => reduce(*op, &as_f32(ins[0].0), ins[0].1, *axis),
         Op::Cast { to, rounding } => {
             let from = ins[0].0.dtype();
-            if from.is_float() && to.size_of() == 2 && from != *to {
+            if to.size_of() == 2 && from != *to {
                 // Narrowing float casts straight from the (borrowed) f32 data.
                 let x = as_f32(ins[0].0);
                 return Ok(narrow(&x, *to, *rounding, seed, counter));

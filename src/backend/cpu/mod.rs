@@ -262,7 +262,7 @@ fn write_state(
     let sshape = state.shape().to_vec();
     let (outer, s_len, inner) = split_axis(&sshape, axis);
     let v_len = vshape[axis];
-    if offset + v_len > s_len {
+    if offset.checked_add(v_len).is_none_or(|end| end > s_len) {
         return Err(Error::StateWriteOutOfRange {
             name: name.to_string(),
             axis,

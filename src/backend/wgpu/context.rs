@@ -333,13 +333,29 @@ impl Ctx {
             });
         }
         drop(tx);
-        self.device
+        let polled = self
+            .device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| self.err(format!("waiting for the device: {e}")))?;
-        for (_, r) in rx.iter() {
-            r.map_err(|e| self.err(format!("mapping a readback buffer: {e}")))?;
+            .map_err(|e| self.err(format!("waiting for the device: {e}")));
+        // Every buffer that mapped is unmapped on every error path, so the next run can map it
+        // again.
+        let mut mapped = Vec::new();
+        let mut failed = polled.err();
+        for (i, r) in rx.iter() {
+            match r {
+                Ok(()) => mapped.push(i),
+                Err(e) => failed = Some(self.err(format!("mapping a readback buffer: {e}"))),
+            }
         }
-        self.check()?;
+        if let Err(e) = self.check() {
+            failed.get_or_insert(e);
+        }
+        if let Some(e) = failed {
+            for i in mapped {
+                bufs[i].0.unmap();
+            }
+            return Err(e);
+        }
         let mut out = Vec::with_capacity(bufs.len());
         for (buf, n) in bufs {
             if *n == 0 {

@@ -254,6 +254,17 @@ impl Backend for WgpuBackend {
                 if n.shape.rank() > 6 {
                     return Err("matmul with more than 4 batch dimensions".to_string());
                 }
+                // Every grid dimension stays under the 65535-workgroup limit (the smallest
+                // tiles cover 4 rows and 4 columns; the batch is the z dimension).
+                let d = n.shape.max_dims();
+                let (m, cols) = (d[d.len() - 2], d[d.len() - 1]);
+                let batch: usize = d[..d.len() - 2].iter().product();
+                if m.div_ceil(4) > 65535 || cols.div_ceil(4) > 65535 || batch > 65535 {
+                    return Err(format!(
+                        "matmul output {} over the dispatch grid limits",
+                        n.shape
+                    ));
+                }
                 let (a, b) = (&shapes[1].0, &shapes[2].0);
                 if a.rank().max(b.rank()) > 6 {
                     return Err("matmul with more than 4 batch dimensions".to_string());

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::context::{Ctx, Pipeline};
 use super::kernels::{self, Ew, Tiles};
 use super::layout::{device_bytes, to_device};
-use crate::dtype::Rounding;
+use crate::dtype::{DType, Rounding};
 use crate::error::{Error, Result};
 use crate::ir::{Graph, Op};
 use crate::tensor::Storage;
@@ -50,6 +50,8 @@ pub(crate) struct WgpuProgram {
     /// Readback buffer of each graph output.
     pub(super) staging: Vec<wgpu::Buffer>,
     pub(super) tiles: Tiles,
+    /// Held from submit until the outputs are read: one set of buffers serves one run at a time.
+    pub(super) running: std::sync::Mutex<()>,
 }
 
 /// Tile shape per adapter class.
@@ -105,7 +107,7 @@ fn pipelines_for(
             } else {
                 ctx.pipeline(&kernels::matmul_key(tiles, a, b, o, true, sr))?
             };
-            let subgroup = if tiles.sg8 {
+            let subgroup = if tiles.sg8 && o != DType::BF16 {
                 ctx.pipeline(&kernels::matmul_sg_key(tiles, a, b, o, sr))?
             } else {
                 general.clone()
@@ -311,6 +313,7 @@ impl WgpuProgram {
             steps,
             staging,
             tiles,
+            running: std::sync::Mutex::new(()),
         })
     }
 }

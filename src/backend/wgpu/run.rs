@@ -70,7 +70,10 @@ impl WgpuProgram {
                     Offset::Sym(s) => bindings.get(s)?,
                 };
                 let (state, value) = (out.1, ins[0].1);
-                if off + value[*axis] > state[*axis] {
+                if off
+                    .checked_add(value[*axis])
+                    .is_none_or(|end| end > state[*axis])
+                {
                     return Err(Error::StateWriteOutOfRange {
                         name: name.clone(),
                         axis: *axis,
@@ -147,6 +150,7 @@ type Launch = (Vec<u8>, [u32; 3], usize, Option<(u64, u64)>);
 
 struct WgpuPending<'a> {
     program: &'a WgpuProgram,
+    _running: std::sync::MutexGuard<'a, ()>,
     shapes: Vec<Vec<usize>>,
 }
 
@@ -180,6 +184,7 @@ impl Pending for WgpuPending<'_> {
 
 impl Program for WgpuProgram {
     fn submit<'a>(&'a self, args: RunArgs<'a>) -> Result<Box<dyn Pending + 'a>> {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let ctx = &self.ctx;
         let nodes = self.graph.nodes();
         let shapes: Vec<Vec<usize>> = nodes
@@ -331,6 +336,7 @@ impl Program for WgpuProgram {
         ctx.check()?;
         Ok(Box::new(WgpuPending {
             program: self,
+            _running: running,
             shapes,
         }))
     }

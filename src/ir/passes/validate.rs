@@ -13,6 +13,20 @@ pub fn validate(graph: &Graph) -> Result<()> {
     // Each named source must mean one tensor: (kind, name) → (shape, dtype).
     let mut sources: HashMap<(&str, &str), usize> = HashMap::new();
     for (i, node) in graph.nodes.iter().enumerate() {
+        // Element counts must fit comfortably in memory arithmetic (and in the kernels' u32
+        // indices): an absurd shape is an error, never an overflow.
+        let numel = node
+            .shape
+            .max_dims()
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d));
+        if numel.is_none_or(|n| n > (u32::MAX as usize) / 4) {
+            return Err(Error::InvalidGraph(format!(
+                "%{i} ({}): shape {} has too many elements",
+                node.op.name(),
+                node.shape
+            )));
+        }
         if node.op.is_source() {
             if !node.inputs.is_empty() {
                 return Err(Error::InvalidGraph(format!(
