@@ -14,7 +14,7 @@ override WG: u32 = 256u;
 override ROUND: u32 = 0u;     // 0 nearest even, 1 stochastic (keys in params)
 
 struct Params {
-    dims: array<vec4<u32>, 2>,   // out dims, outermost first, `rank` of them
+    dims: array<vec4<u32>, 2>,   // out dims, outermost first, `rank` of them (0: no broadcast)
     sa: array<vec4<u32>, 2>,     // a's logical strides in out's index space (0 = broadcast)
     sb: array<vec4<u32>, 2>,
     rank: u32,
@@ -56,8 +56,12 @@ fn load_b(l: u32) -> u32 {
     return elem_bits(DT_B, b[word_of(DT_B, e)], (e & 1u) == 1u);
 }
 
-// Logical offsets into a and b of logical output element l.
+// Logical offsets into a and b of logical output element l. Rank 0 in the params means every
+// operand has the output's shape (no broadcasting): the offsets are l itself.
 fn offsets(l: u32) -> vec2<u32> {
+    if (P.rank == 0u) {
+        return vec2<u32>(l, l);
+    }
     var rem = l;
     var oa = 0u;
     var ob = 0u;

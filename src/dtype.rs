@@ -212,6 +212,9 @@ pub fn bf16_to_f32_slice(src: &[bf16], dst: &mut [f32]) {
         });
 }
 
+/// Conversions up to this many elements run on the calling thread.
+const SEQUENTIAL: usize = 1 << 17;
+
 /// Elements converted per stack block: the block stays in L1 between convert and copy.
 const BLOCK: usize = 512;
 
@@ -236,19 +239,25 @@ fn convert_into<S: Sync, D: Copy + Default + Send>(
     let n = src.len();
     out.clear();
     out.reserve(n);
-    out.spare_capacity_mut()[..n]
-        .par_chunks_mut(CONVERT_CHUNK)
-        .zip(src.par_chunks(CONVERT_CHUNK))
-        .for_each(|(d, s)| {
-            let mut buf = [D::default(); BLOCK];
-            for (d, s) in d.chunks_mut(BLOCK).zip(s.chunks(BLOCK)) {
-                let b = &mut buf[..s.len()];
-                f(s, b);
-                for (o, &v) in d.iter_mut().zip(b.iter()) {
-                    o.write(v);
-                }
+    let convert = |d: &mut [std::mem::MaybeUninit<D>], s: &[S]| {
+        let mut buf = [D::default(); BLOCK];
+        for (d, s) in d.chunks_mut(BLOCK).zip(s.chunks(BLOCK)) {
+            let b = &mut buf[..s.len()];
+            f(s, b);
+            for (o, &v) in d.iter_mut().zip(b.iter()) {
+                o.write(v);
             }
-        });
+        }
+    };
+    let dst = &mut out.spare_capacity_mut()[..n];
+    if n <= SEQUENTIAL {
+        // Waking the pool costs more than converting a small operand on this thread.
+        convert(dst, src);
+    } else {
+        dst.par_chunks_mut(CONVERT_CHUNK)
+            .zip(src.par_chunks(CONVERT_CHUNK))
+            .for_each(|(d, s)| convert(d, s));
+    }
     // SAFETY: the chunks above cover all `n` slots of the spare capacity and each was written.
     unsafe { out.set_len(n) };
 }

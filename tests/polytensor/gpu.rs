@@ -291,3 +291,43 @@ fn a_graph_that_falls_back_entirely_still_runs_with_its_weights() {
         }
     }
 }
+
+#[test]
+fn widening_every_16_bit_pattern_matches_the_cpu() {
+    // All 65 536 patterns as a [256, 256] tensor (the vectorised widen kernel), and an odd length
+    // (the one-word cast kernel): bit-identical to the CPU, NaN payloads included.
+    for dtype in [DType::F16, DType::BF16] {
+        for n in [65536usize, 65533] {
+            let bits: Vec<u16> = (0..n as u32).map(|b| b as u16).collect();
+            let shape: Vec<usize> = if n == 65536 { vec![256, 256] } else { vec![n] };
+            let t = match dtype {
+                DType::F16 => Tensor::new(
+                    &shape,
+                    bits.iter()
+                        .map(|&b| half::f16::from_bits(b))
+                        .collect::<Vec<_>>(),
+                ),
+                _ => Tensor::new(
+                    &shape,
+                    bits.iter()
+                        .map(|&b| half::bf16::from_bits(b))
+                        .collect::<Vec<_>>(),
+                ),
+            }
+            .expect("tensor");
+            let mut g = Graph::new();
+            let x = g.input("x", shape.clone(), dtype);
+            let y = g.cast(x, DType::F32).expect("cast");
+            g.output("y", y).expect("out");
+            let want = run_on(&Device::cpu(), &g, &[("x", &t)], &[], &[]).expect("cpu");
+            for device in gpus() {
+                let got = run_on(&device, &g, &[("x", &t)], &[], &[]).expect("gpu");
+                assert!(
+                    got[0].as_bytes() == want[0].as_bytes(),
+                    "{dtype} {shape:?} widened on {}",
+                    device.info().name
+                );
+            }
+        }
+    }
+}

@@ -17,6 +17,7 @@ pub(crate) enum Shader {
     MatmulSg,
     Reduce,
     State,
+    Widen,
 }
 
 const PRELUDE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/prelude.wgsl"));
@@ -27,13 +28,14 @@ const MATMUL_PARAMS: &str = include_str!(concat!(
 
 impl Shader {
     /// Every family (for the naga test).
-    pub(crate) const ALL: [Shader; 6] = [
+    pub(crate) const ALL: [Shader; 7] = [
         Shader::Elementwise,
         Shader::Matmul,
         Shader::MatmulCpu,
         Shader::MatmulSg,
         Shader::Reduce,
         Shader::State,
+        Shader::Widen,
     ];
 
     fn body(self) -> &'static str {
@@ -63,6 +65,9 @@ impl Shader {
             Shader::State => {
                 include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/state.wgsl"))
             }
+            Shader::Widen => {
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/widen.wgsl"))
+            }
         }
     }
 
@@ -72,7 +77,7 @@ impl Shader {
             Shader::Matmul | Shader::MatmulCpu | Shader::MatmulSg => {
                 format!("{PRELUDE}\n{MATMUL_PARAMS}\n{}", self.body())
             }
-            Shader::Elementwise | Shader::Reduce | Shader::State => {
+            Shader::Elementwise | Shader::Reduce | Shader::State | Shader::Widen => {
                 format!("{PRELUDE}\n{}", self.body())
             }
         }
@@ -82,7 +87,7 @@ impl Shader {
     fn read_only(self) -> u32 {
         match self {
             Shader::Elementwise | Shader::Matmul | Shader::MatmulCpu | Shader::MatmulSg => 2,
-            Shader::Reduce | Shader::State => 1,
+            Shader::Reduce | Shader::State | Shader::Widen => 1,
         }
     }
 }

@@ -301,6 +301,16 @@ impl Backend for WgpuBackend {
 
     fn compile(&self, graph: &Graph) -> Result<Box<dyn Program>> {
         let ctx = self.ctx()?;
+        // On CPU-emulated adapters with 8-wide subgroups the f32 subgroup kernel beats every
+        // 16-bit one (each 16-bit element would be decoded once per use): widen the operands
+        // once, multiply in f32, and round the result once with the node's own rounding.
+        let widened;
+        let graph = if ctx.software && ctx.subgroup8 {
+            widened = widen_16bit_matmuls(graph, self.binding_limit)?;
+            &widened
+        } else {
+            graph
+        };
         Ok(Box::new(program::WgpuProgram::new(
             ctx,
             graph,
@@ -315,6 +325,50 @@ pub fn shader_sources() -> Vec<(String, String)> {
         .iter()
         .map(|s| (format!("{s:?}"), s.source()))
         .collect()
+}
+
+/// Rewrites each f16/bf16 matmul as cast-to-f32 operands → f32 matmul → cast back with the
+/// matmul's rounding: the same f32 accumulation of the same exactly widened values, stored with
+/// one rounding, so results are unchanged. Skipped when a widened operand would exceed `limit`.
+fn widen_16bit_matmuls(graph: &Graph, limit: u64) -> Result<Graph> {
+    use crate::ir::Node;
+    let fits = |n: &Node| layout::device_bytes(DType::F32, &n.shape.max_dims()) <= limit;
+    if !graph
+        .nodes()
+        .iter()
+        .any(|n| matches!(n.op, Op::MatMul { .. }) && n.dtype.size_of() == 2)
+    {
+        return Ok(graph.clone());
+    }
+    let mut out = Graph::new();
+    let mut map: Vec<NodeId> = Vec::with_capacity(graph.nodes().len());
+    for node in graph.nodes() {
+        let ins: Vec<NodeId> = node.inputs.iter().map(|j| map[j.0]).collect();
+        let operands_fit = node
+            .inputs
+            .iter()
+            .all(|j| graph.nodes().get(j.0).is_some_and(fits));
+        let id = if matches!(node.op, Op::MatMul { .. })
+            && node.dtype.size_of() == 2
+            && fits(node)
+            && operands_fit
+        {
+            let a = out.cast(ins[0], DType::F32)?;
+            let b = out.cast(ins[1], DType::F32)?;
+            let m = out.op(node.op.clone(), vec![a, b])?;
+            out.cast_with(m, node.dtype, node.rounding)?
+        } else {
+            out.push(Node {
+                inputs: ins,
+                ..node.clone()
+            })
+        };
+        map.push(id);
+    }
+    for (name, id) in graph.outputs() {
+        out.output(name, map[id.0])?;
+    }
+    Ok(out)
 }
 
 /// Every wgpu adapter again, as devices whose storage-binding limit is `bytes` (for tests of
@@ -375,7 +429,7 @@ pub fn shader_variants() -> Vec<ShaderVariant> {
                 sg8: true,
                 ..Tiles::direct(64)
             };
-            if d != DType::BF16 {
+            if d == DType::F32 {
                 keys.push(kernels::matmul_sg_key(sg, d, d, d, sr));
             }
         }
@@ -390,6 +444,8 @@ pub fn shader_variants() -> Vec<ShaderVariant> {
     for d in DType::ALL {
         keys.push(kernels::state_key(d));
     }
+    keys.push(kernels::widen_key(DType::F16));
+    keys.push(kernels::widen_key(DType::BF16));
     keys.into_iter()
         .map(|k| {
             let consts = k

@@ -92,6 +92,18 @@ fn pipelines_for(
     let key = match &node.op {
         Op::Unary(u) => kernels::elementwise_key(Ew::Unary(*u), dt(0), dt(0), node.dtype, sr),
         Op::Binary(b) => kernels::elementwise_key(Ew::Binary(*b), dt(0), dt(1), node.dtype, sr),
+        Op::Cast { .. } if dt(0).size_of() == 2 && node.dtype == DType::F32 => {
+            // Class 1: the vectorised widen for contiguous shapes (chosen per run).
+            let general = ctx.pipeline(&kernels::elementwise_key(
+                Ew::Cast,
+                dt(0),
+                dt(0),
+                node.dtype,
+                sr,
+            ))?;
+            let widen = ctx.pipeline(&kernels::widen_key(dt(0)))?;
+            return Ok(Some(vec![general, widen]));
+        }
         Op::Cast { .. } => kernels::elementwise_key(Ew::Cast, dt(0), dt(0), node.dtype, sr),
         Op::Reduce { op, .. } => kernels::reduce_key(*op, dt(0), node.dtype, sr),
         Op::WriteState { .. } => kernels::state_key(node.dtype),
@@ -107,7 +119,7 @@ fn pipelines_for(
             } else {
                 ctx.pipeline(&kernels::matmul_key(tiles, a, b, o, true, sr))?
             };
-            let subgroup = if tiles.sg8 && o != DType::BF16 {
+            let subgroup = if tiles.sg8 && o == DType::F32 {
                 ctx.pipeline(&kernels::matmul_sg_key(tiles, a, b, o, sr))?
             } else {
                 general.clone()
@@ -250,6 +262,8 @@ impl WgpuProgram {
                     let b = pool.alloc(&ctx, bytes)?;
                     slots[i] = Slot::Buf(b);
                     let psize = match &node.op {
+                        // Room for either the cast or the widen params.
+                        Op::Cast { .. } => std::mem::size_of::<kernels::EwParams>(),
                         Op::MatMul { .. } => std::mem::size_of::<kernels::MatmulParams>(),
                         Op::Reduce { .. } => std::mem::size_of::<kernels::ReduceParams>(),
                         _ => std::mem::size_of::<kernels::EwParams>(),

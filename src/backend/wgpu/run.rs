@@ -124,6 +124,10 @@ impl WgpuProgram {
                 }
                 return Ok(launches);
             }
+            Op::Cast { .. } if kernels::widens(ins[0].0, node.dtype, out.1) => {
+                let (p, g) = kernels::widen_params(out.1);
+                (bytemuck::bytes_of(&p).to_vec(), g, 1, None)
+            }
             Op::Unary(_) | Op::Cast { .. } => {
                 let (p, g) = kernels::elementwise_params(ins[0], None, out, keys);
                 (bytemuck::bytes_of(&p).to_vec(), g, 0, None)
@@ -272,11 +276,15 @@ impl Program for WgpuProgram {
                                     whole(params),
                                 ]
                             }
-                            Op::Reduce { .. } => vec![
-                                whole(self.buffer(n.inputs[0].0, &args)?),
-                                whole(self.buffer(*node, &args)?),
-                                whole(params),
-                            ],
+                            Op::Reduce { .. } | Op::Cast { .. }
+                                if class == 1 || matches!(n.op, Op::Reduce { .. }) =>
+                            {
+                                vec![
+                                    whole(self.buffer(n.inputs[0].0, &args)?),
+                                    whole(self.buffer(*node, &args)?),
+                                    whole(params),
+                                ]
+                            }
                             _ => {
                                 let a = self.buffer(n.inputs[0].0, &args)?;
                                 let b = match n.inputs.get(1) {

@@ -246,13 +246,9 @@ pub(crate) fn matmul_params(
             m.div_ceil(4) as u32,
             nb as u32,
         ];
-        // Measured on lavapipe at n = 1024 (best of 4–5, alternating runs): f16 273 ms with
-        // matmul_sg8 (4 rows) vs 312–457 ms with matmul_cpu.wgsl; bf16 180 ms with
-        // matmul_cpu.wgsl vs 211–220 with matmul_sg8 (and 460 with a 16-row matmul_sg8, which
-        // spills); f32 124–146 ms with matmul_sg4 (16 rows) vs 214–234 ms with the direct kernel.
-        if tiles.sg8 && out.0 == DType::F16 && !ta && !tb && k % 64 == 0 && n % 8 == 0 {
-            return (p, g, CLASS_SUBGROUP);
-        }
+        // Measured on lavapipe at n = 1024 (best of 4, alternating runs): f32 124–146 ms with
+        // matmul_sg4 (16 rows) vs 214–234 ms with the direct kernel. 16-bit matmuls there are
+        // widened to f32 first (133 ms in all, vs 180 ms bf16 / 273 ms f16 with 16-bit kernels).
         // f32 needs at least 16 rows (SG_ROWS), or the block would mostly idle.
         if tiles.sg8
             && out.0 == DType::F32

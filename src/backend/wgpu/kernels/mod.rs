@@ -125,11 +125,13 @@ pub(crate) fn elementwise_params(
     };
     let words = words_of(od, os);
     let (g, row_words) = grid(words);
+    // Operands of the output's own shape need no index arithmetic (rank 0 tells the kernel).
+    let same = a.1 == os && b.is_none_or(|(_, bs)| bs == os);
     let p = EwParams {
         dims: fill8(os),
         sa: fill8(&sa),
         sb: fill8(&sb),
-        rank: os.len() as u32,
+        rank: if same { 0 } else { os.len() as u32 },
         out_last: ol as u32,
         out_pitch: op as u32,
         words,
@@ -263,4 +265,52 @@ pub(crate) fn state_params(
         pad: [0; 2],
     };
     (p, g)
+}
+
+/// widen.wgsl's `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct WidenParams {
+    count: u32,
+    row_words: u32,
+    pad: [u32; 2],
+}
+
+pub(crate) fn widen_key(from: DType) -> PipelineKey {
+    PipelineKey {
+        shader: Shader::Widen,
+        entry: "widen",
+        constants: vec![("DT_A", code(from)), ("WG", 64)],
+    }
+}
+
+/// Whether a cast of `shape` from `from` to `to` can use widen.wgsl (16-bit → f32, contiguous,
+/// a multiple of 8 elements).
+pub(crate) fn widens(from: DType, to: DType, shape: &[usize]) -> bool {
+    let n: usize = shape.iter().product();
+    from.size_of() == 2
+        && to == DType::F32
+        && shape.last().is_some_and(|l| l % 2 == 0)
+        && n.is_multiple_of(8)
+}
+
+pub(crate) fn widen_params(shape: &[usize]) -> (WidenParams, [u32; 3]) {
+    let count = (shape.iter().product::<usize>() / 8) as u32;
+    let groups = count.div_ceil(64).max(1);
+    let (g, row_words) = if groups <= MAX_GROUPS {
+        ([groups, 1, 1], groups * 64)
+    } else {
+        (
+            [MAX_GROUPS, groups.div_ceil(MAX_GROUPS), 1],
+            MAX_GROUPS * 64,
+        )
+    };
+    (
+        WidenParams {
+            count,
+            row_words,
+            pad: [0; 2],
+        },
+        g,
+    )
 }
