@@ -213,7 +213,7 @@ pub fn bf16_to_f32_slice(src: &[bf16], dst: &mut [f32]) {
 }
 
 /// Conversions up to this many elements run on the calling thread.
-const SEQUENTIAL: usize = 1 << 17;
+const SEQUENTIAL: usize = 1 << 14;
 
 /// Elements converted per stack block: the block stays in L1 between convert and copy.
 const BLOCK: usize = 512;

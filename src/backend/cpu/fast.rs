@@ -113,18 +113,21 @@ pub(crate) fn eval(
             let mut sb = scratch_take();
             let a = widen(ins[0].0, &mut sa);
             let b = widen(ins[1].0, &mut sb);
-            let y = matmul::matmul(
-                a,
-                ins[0].1,
-                b,
-                ins[1].1,
-                *transpose_a,
-                *transpose_b,
-                out_shape,
-                threads,
-            );
+            // An f32 result is the user's output; a 16-bit one is narrowed from a scratch buffer.
+            let mut y = if node.dtype == DType::F32 {
+                Vec::new()
+            } else {
+                scratch_take()
+            };
+            let (ta, tb) = (*transpose_a, *transpose_b);
+            matmul::matmul(&mut y, a, ins[0].1, b, ins[1].1, ta, tb, out_shape, threads);
             scratch_give(sa);
             scratch_give(sb);
+            if node.dtype.size_of() == 2 {
+                let stored = narrow(&y, node.dtype, node.rounding, seed, counter);
+                scratch_give(y);
+                return Ok(stored);
+            }
             y
         }
         Op::Reduce { op, axis } => reduce(*op, &as_f32(ins[0].0), ins[0].1, *axis),

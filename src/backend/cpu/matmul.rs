@@ -10,10 +10,12 @@ use super::broadcast_strides;
 /// instead of splitting each matrix.
 const SMALL_MATMUL: usize = 1 << 21;
 
-/// Batched `[.., M, K] × [.., K, N] → out_shape = [batch.., M, N]` with broadcast batch dims.
+/// Batched `[.., M, K] × [.., K, N] → out_shape = [batch.., M, N]` into `out` (cleared; its
+/// capacity is reused), with broadcast batch dims.
 /// `a` is stored `[.., K, M]` when `ta`, `b` is stored `[.., N, K]` when `tb`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul(
+    out: &mut Vec<f32>,
     a: &[f32],
     sa: &[usize],
     b: &[f32],
@@ -22,7 +24,7 @@ pub(crate) fn matmul(
     tb: bool,
     out_shape: &[usize],
     threads: usize,
-) -> Vec<f32> {
+) {
     let r = out_shape.len();
     let (m, n) = (out_shape[r - 2], out_shape[r - 1]);
     let k = if ta {
@@ -34,7 +36,9 @@ pub(crate) fn matmul(
     let nb: usize = batch.iter().product();
     let total = nb * m * n;
     if k == 0 || total == 0 {
-        return vec![0.0; total];
+        out.clear();
+        out.resize(total, 0.0);
+        return;
     }
     // Batch offsets, in elements, of each operand for output matrix `bi`.
     let stride_a = broadcast_strides(&sa[..sa.len() - 2], batch);
@@ -84,7 +88,8 @@ pub(crate) fn matmul(
             );
         }
     };
-    let mut out: Vec<f32> = Vec::with_capacity(total);
+    out.clear();
+    out.reserve(total);
     let spare = &mut out.spare_capacity_mut()[..total];
     if nb >= threads && m * n * k <= SMALL_MATMUL {
         spare
@@ -103,5 +108,4 @@ pub(crate) fn matmul(
     }
     // SAFETY: every one of the `total` elements was written by gemm above.
     unsafe { out.set_len(total) };
-    out
 }
