@@ -388,13 +388,13 @@ fn sr_block<D: Copy>(
 /// f32 → f16 with stochastic rounding under `keys` ([`crate::rng::sr_keys`]).
 pub fn narrow_f16_sr(src: &[f32], keys: [u32; 2]) -> Vec<f16> {
     narrow_sr(src, keys, |x, r| {
-        f16::from_bits(crate::rng::f32_to_f16_sr(x, r))
+        f16::from_bits(crate::rng::f32_to_f16_sr_select(x, r))
     })
 }
 
 /// f32 → bf16 with stochastic rounding under `keys` ([`crate::rng::sr_keys`]).
 pub fn narrow_bf16_sr(src: &[f32], keys: [u32; 2]) -> Vec<bf16> {
     narrow_sr(src, keys, |x, r| {
-        bf16::from_bits(crate::rng::f32_to_bf16_sr(x, r))
+        bf16::from_bits(crate::rng::f32_to_bf16_sr_select(x, r))
     })
 }
