@@ -331,3 +331,31 @@ fn widening_every_16_bit_pattern_matches_the_cpu() {
         }
     }
 }
+
+#[test]
+fn an_adapter_that_refuses_the_device_request_gives_a_clear_error() {
+    // Every native feature at once: no adapter grants that, so opening the device fails. The
+    // documented behaviour: listing still works; the first upload or compile returns
+    // Error::Device naming the adapter and the refusal; the CPU is unaffected.
+    let refusing = polytensor::backend::wgpu::devices_requiring(wgpu::Features::all_native_mask());
+    assert_eq!(refusing.len(), gpus().len());
+    let mut g = Graph::new();
+    let x = g.input("x", [4], DType::F32);
+    let y = g.unary(polytensor::UnaryOp::Neg, x).expect("neg");
+    g.output("y", y).expect("out");
+    for device in refusing {
+        let name = device.info().name.clone();
+        let mut s = Session::new(&device);
+        let e = s.compile(&g).err().expect("the device cannot be opened");
+        assert!(
+            matches!(e, Error::Device { .. }) && e.to_string().contains(&name),
+            "{e}"
+        );
+        assert!(e.to_string().contains("request_device failed"), "{e}");
+        let w = Tensor::new(&[4], vec![1f32; 4]).expect("w");
+        assert!(s.load_weight("w", w.view(), DType::F32).is_err());
+    }
+    let x = Tensor::new(&[4], vec![1f32, -2.0, 3.0, -4.0]).expect("x");
+    let out = run_on(&Device::cpu(), &g, &[("x", &x)], &[], &[]).expect("the CPU still runs");
+    assert_eq!(out[0].to_f32_vec(), vec![-1.0, 2.0, -3.0, 4.0]);
+}

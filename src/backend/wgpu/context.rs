@@ -125,12 +125,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Ctx {
-    pub(crate) fn new(adapter: &wgpu::Adapter, name: &str) -> Result<Ctx> {
+    /// Opens the adapter's device with its real limits, the features polytensor uses that it
+    /// has, and `extra` features a caller requires (an Err naming the adapter if refused).
+    pub(crate) fn new(adapter: &wgpu::Adapter, name: &str, extra: wgpu::Features) -> Result<Ctx> {
         let want =
             wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY;
         let desc = wgpu::DeviceDescriptor {
             label: Some("polytensor"),
-            required_features: adapter.features() & want,
+            required_features: (adapter.features() & want) | extra,
             required_limits: adapter.limits(),
             ..Default::default()
         };

@@ -26,6 +26,8 @@ pub struct WgpuBackend {
     ctx: OnceLock<std::result::Result<Arc<Ctx>, String>>,
     /// A lower binding limit than the adapter's, to exercise the limit paths in tests.
     binding_limit: u64,
+    /// Features the device must be opened with, beyond those polytensor uses when present.
+    extra_features: wgpu::Features,
 }
 
 fn device_type(t: wgpu::DeviceType) -> DeviceType {
@@ -118,6 +120,7 @@ impl WgpuBackend {
             info,
             ctx: OnceLock::new(),
             binding_limit: binding,
+            extra_features: wgpu::Features::empty(),
         }
     }
 
@@ -125,7 +128,7 @@ impl WgpuBackend {
     pub(crate) fn ctx(&self) -> Result<Arc<Ctx>> {
         self.ctx
             .get_or_init(|| {
-                Ctx::new(&self.adapter, &self.info.name)
+                Ctx::new(&self.adapter, &self.info.name, self.extra_features)
                     .map(Arc::new)
                     .map_err(|e| e.to_string())
             })
@@ -379,6 +382,22 @@ pub fn devices_with_binding_limit(bytes: u64) -> Vec<Device> {
     pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
         .into_iter()
         .map(|a| Device::new(Arc::new(WgpuBackend::new(a, Some(bytes)))))
+        .collect()
+}
+
+/// Every wgpu adapter again, as devices that must be opened with `features` (beyond those
+/// polytensor uses when present). Opening happens at the first upload or compile; an adapter that
+/// refuses gives `Error::Device` naming it there, and other devices are unaffected.
+pub fn devices_requiring(features: wgpu::Features) -> Vec<Device> {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+        .into_iter()
+        .map(|a| {
+            let mut b = WgpuBackend::new(a, None);
+            b.extra_features = features;
+            Device::new(Arc::new(b))
+        })
         .collect()
 }
 
