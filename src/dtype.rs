@@ -176,42 +176,6 @@ pub fn f16_bits_to_f32(h: u16) -> u32 {
 /// Elements per rayon task in bulk conversions: large enough that scheduling is noise.
 const CONVERT_CHUNK: usize = 1 << 15;
 
-/// Bulk f32 → f16 (round to nearest even), multi-threaded, F16C where the CPU has it.
-pub fn f32_to_f16_slice(src: &[f32], dst: &mut [f16]) {
-    dst.par_chunks_mut(CONVERT_CHUNK)
-        .zip(src.par_chunks(CONVERT_CHUNK))
-        .for_each(|(d, s)| d.convert_from_f32_slice(s));
-}
-
-/// Bulk f16 → f32 (exact), multi-threaded.
-pub fn f16_to_f32_slice(src: &[f16], dst: &mut [f32]) {
-    src.par_chunks(CONVERT_CHUNK)
-        .zip(dst.par_chunks_mut(CONVERT_CHUNK))
-        .for_each(|(s, d)| s.convert_to_f32_slice(d));
-}
-
-/// Bulk f32 → bf16 (round to nearest even), multi-threaded.
-pub fn f32_to_bf16_slice(src: &[f32], dst: &mut [bf16]) {
-    dst.par_chunks_mut(CONVERT_CHUNK)
-        .zip(src.par_chunks(CONVERT_CHUNK))
-        .for_each(|(d, s)| {
-            for (o, &x) in d.iter_mut().zip(s) {
-                *o = bf16::from_bits(f32_to_bf16_bits(x.to_bits()));
-            }
-        });
-}
-
-/// Bulk bf16 → f32 (exact), multi-threaded.
-pub fn bf16_to_f32_slice(src: &[bf16], dst: &mut [f32]) {
-    src.par_chunks(CONVERT_CHUNK)
-        .zip(dst.par_chunks_mut(CONVERT_CHUNK))
-        .for_each(|(s, d)| {
-            for (o, &x) in d.iter_mut().zip(s) {
-                *o = f32::from_bits(bf16_bits_to_f32(x.to_bits()));
-            }
-        });
-}
-
 /// Conversions up to this many elements run on the calling thread.
 const SEQUENTIAL: usize = 1 << 14;
 

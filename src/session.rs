@@ -25,6 +25,8 @@ pub struct Compiled {
     placement: Placement,
     /// Per-run scalars used as write offsets (bound like symbolic dims).
     scalars: Vec<String>,
+    /// Every symbolic dimension of the graph with its maximum, once each.
+    symbols: Vec<(String, usize)>,
 }
 
 impl Compiled {
@@ -218,11 +220,20 @@ impl Session {
                 scalars.push(s.clone());
             }
         }
+        let mut symbols: Vec<(String, usize)> = Vec::new();
+        for node in graph.nodes() {
+            for (sym, max) in node.shape.symbols() {
+                if !symbols.iter().any(|(s, m)| s == sym && *m == max) {
+                    symbols.push((sym.to_string(), max));
+                }
+            }
+        }
         Ok(Compiled {
             graph,
             segments,
             placement,
             scalars,
+            symbols,
         })
     }
 
@@ -274,16 +285,14 @@ impl Session {
             }
         }
         // Every symbol of the graph must be bound, within its maximum.
-        for node in graph.nodes() {
-            for (sym, max) in node.shape.symbols() {
-                let value = bound.get(sym)?;
-                if value > max {
-                    return Err(Error::DimOverMax {
-                        name: sym.to_string(),
-                        value,
-                        max,
-                    });
-                }
+        for (sym, max) in &program.symbols {
+            let value = bound.get(sym)?;
+            if value > *max {
+                return Err(Error::DimOverMax {
+                    name: sym.clone(),
+                    value,
+                    max: *max,
+                });
             }
         }
         for s in &program.scalars {

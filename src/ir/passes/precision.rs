@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use crate::dtype::{DType, Rounding};
 use crate::error::{Error, Result};
-use crate::ir::graph::{Graph, Node, NodeId};
+use crate::ir::graph::{Graph, NodeId};
 use crate::ir::op::Op;
 use crate::ir::passes::validate;
 
@@ -114,14 +114,4 @@ pub fn precision(graph: &Graph, policy: Precision) -> Result<Graph> {
     }
     validate(&rw.out)?;
     Ok(rw.out)
-}
-
-impl Node {
-    /// True when a precision policy may convert this node (an f32 elementwise op or matmul not
-    /// marked keep-f32).
-    pub fn policy_converts(&self) -> bool {
-        self.dtype == DType::F32
-            && !self.keep_f32
-            && matches!(self.op, Op::Unary(_) | Op::Binary(_) | Op::MatMul { .. })
-    }
 }

@@ -79,13 +79,7 @@ pub(crate) fn matmul_key(
         return PipelineKey {
             shader: Shader::Matmul,
             entry: "matmul_direct",
-            constants: vec![
-                ("DT_A", code(a)),
-                ("DT_B", code(b)),
-                ("DT_OUT", code(out)),
-                ("DWG", tiles.wy),
-                ("ROUND", round_code(out, sr)),
-            ],
+            constants: cpu_constants(tiles, a, b, out, sr),
         };
     }
     PipelineKey {
@@ -120,13 +114,7 @@ pub(crate) fn matmul_vec_key(
     PipelineKey {
         shader: Shader::MatmulCpu,
         entry: "matmul_v8",
-        constants: vec![
-            ("DT_A", code(a)),
-            ("DT_B", code(b)),
-            ("DT_OUT", code(out)),
-            ("DWG", tiles.wy),
-            ("ROUND", round_code(out, sr)),
-        ],
+        constants: cpu_constants(tiles, a, b, out, sr),
     }
 }
 
@@ -156,22 +144,29 @@ pub(crate) fn split_rows(
 /// Rows per workgroup of matmul_sg.wgsl (its `SG_ROWS`).
 const SG_ROWS: usize = 16;
 
-/// The subgroup kernel of matmul_sg.wgsl (8-wide subgroups only).
+/// The override constants of the CPU-adapter kernels (direct, vectorised, subgroup).
+fn cpu_constants(
+    tiles: Tiles,
+    a: DType,
+    b: DType,
+    out: DType,
+    sr: bool,
+) -> Vec<(&'static str, u32)> {
+    vec![
+        ("DT_A", code(a)),
+        ("DT_B", code(b)),
+        ("DT_OUT", code(out)),
+        ("DWG", tiles.wy),
+        ("ROUND", round_code(out, sr)),
+    ]
+}
+
+/// The f32 subgroup kernel of matmul_sg.wgsl (8-wide subgroups only).
 pub(crate) fn matmul_sg_key(tiles: Tiles, a: DType, b: DType, out: DType, sr: bool) -> PipelineKey {
     PipelineKey {
         shader: Shader::MatmulSg,
-        entry: if out == DType::F32 {
-            "matmul_sg4"
-        } else {
-            "matmul_sg8"
-        },
-        constants: vec![
-            ("DT_A", code(a)),
-            ("DT_B", code(b)),
-            ("DT_OUT", code(out)),
-            ("DWG", tiles.wy),
-            ("ROUND", round_code(out, sr)),
-        ],
+        entry: "matmul_sg4",
+        constants: cpu_constants(tiles, a, b, out, sr),
     }
 }
 
