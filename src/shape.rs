@@ -174,6 +174,19 @@ impl fmt::Display for Shape {
     }
 }
 
+/// Element strides of `in_shape` laid out in `out_shape`'s index space (right-aligned), with 0
+/// for broadcast dimensions.
+pub fn broadcast_strides(in_shape: &[usize], out_shape: &[usize]) -> Vec<usize> {
+    let mut strides = vec![0; out_shape.len()];
+    let mut s = 1;
+    for i in (0..in_shape.len()).rev() {
+        let o = out_shape.len() - in_shape.len() + i;
+        strides[o] = if in_shape[i] == 1 { 0 } else { s };
+        s *= in_shape[i];
+    }
+    strides
+}
+
 /// Formats concrete sizes like a shape: `[2,3]`.
 pub fn fmt_dims(d: &[usize]) -> String {
     Shape::from(d).to_string()

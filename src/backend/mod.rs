@@ -97,6 +97,52 @@ pub trait DeviceBuffer: Send + Sync + Any {
     fn read(&self) -> Result<Tensor>;
     /// For the owning backend's downcast.
     fn as_any(&self) -> &dyn Any;
+    /// Overwrites the contents in place with a tensor of the same shape and dtype (the caller
+    /// checks them). `Ok(false)` when the backend cannot, and the caller uploads a new buffer.
+    fn write(&self, tensor: TensorView<'_>) -> Result<bool> {
+        let _ = tensor;
+        Ok(false)
+    }
+    /// Sets every element to zero in place. `Ok(false)` when the backend cannot.
+    fn clear(&self) -> Result<bool> {
+        Ok(false)
+    }
+}
+
+/// What a compile or a run did, counted (not timed): tests assert cost with these, benchmarks
+/// time it. Backends fill what applies to them; the rest stays zero.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunStats {
+    /// Pipelines (shader specialisations) built.
+    pub pipelines_built: u64,
+    /// Bind groups created.
+    pub bind_groups_created: u64,
+    /// Kernel launches, each with its grid of workgroups.
+    pub launches: Vec<[u32; 3]>,
+    /// Compute passes recorded.
+    pub passes: u64,
+    /// Bytes written from the host into device memory (inputs, params, state writes).
+    pub bytes_uploaded: u64,
+    /// Bytes copied from one device buffer to another (snapshots, state reads that copy).
+    pub bytes_copied: u64,
+    /// Bytes read back to the host.
+    pub bytes_read_back: u64,
+    /// Elements written into persistent states by `write_state`.
+    pub state_elements_written: u64,
+}
+
+impl RunStats {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &RunStats) {
+        self.pipelines_built += other.pipelines_built;
+        self.bind_groups_created += other.bind_groups_created;
+        self.launches.extend_from_slice(&other.launches);
+        self.passes += other.passes;
+        self.bytes_uploaded += other.bytes_uploaded;
+        self.bytes_copied += other.bytes_copied;
+        self.bytes_read_back += other.bytes_read_back;
+        self.state_elements_written += other.state_elements_written;
+    }
 }
 
 /// Everything one run of a program needs.
@@ -119,6 +165,10 @@ pub trait Program: Send + Sync {
     /// Starts a run without waiting for it (a GPU backend encodes and submits; the CPU backend
     /// computes here). Fails on a buffer from another backend or a device error.
     fn submit<'a>(&'a self, args: RunArgs<'a>) -> Result<Box<dyn Pending + 'a>>;
+    /// The counts of the latest completed run (before any run: of the compile).
+    fn stats(&self) -> RunStats {
+        RunStats::default()
+    }
 }
 
 /// A submitted run.
@@ -141,6 +191,11 @@ pub trait Backend: Send + Sync {
     /// Copies a host tensor into a new device buffer (weights and state). Fails on a tensor over
     /// a device limit or out of device memory.
     fn upload(&self, tensor: TensorView<'_>) -> Result<Arc<dyn DeviceBuffer>>;
+    /// A new zero-filled buffer (a fresh state). Checks sizes against the device limits before
+    /// allocating. The default uploads a host tensor of zeros.
+    fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Arc<dyn DeviceBuffer>> {
+        self.upload(Tensor::zeros(shape, dtype).view())
+    }
     /// Compiles a validated graph whose every node this backend supports.
     fn compile(&self, graph: &Graph) -> Result<Box<dyn Program>>;
 }

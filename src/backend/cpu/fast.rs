@@ -6,7 +6,8 @@ use std::borrow::Cow;
 
 use rayon::prelude::*;
 
-use super::{broadcast_strides, matmul, split_axis};
+use super::{matmul, split_axis};
+use crate::shape::broadcast_strides;
 use crate::dtype::{DType, Rounding};
 use crate::error::{Error, Result};
 use crate::ir::{Node, Op, ReduceOp};

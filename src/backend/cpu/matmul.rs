@@ -4,7 +4,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::broadcast_strides;
+use crate::shape::broadcast_strides;
 
 /// Below this many multiply-adds per matrix, a batch is spread over threads one matrix each
 /// instead of splitting each matrix.

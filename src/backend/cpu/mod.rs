@@ -237,19 +237,6 @@ pub(crate) fn split_axis(shape: &[usize], axis: usize) -> (usize, usize, usize) 
     (outer, shape[axis], inner)
 }
 
-/// Element strides of `in_shape` laid out in `out_shape`'s index space (right-aligned), with 0
-/// for broadcast dimensions.
-pub(crate) fn broadcast_strides(in_shape: &[usize], out_shape: &[usize]) -> Vec<usize> {
-    let mut strides = vec![0; out_shape.len()];
-    let mut s = 1;
-    for i in (0..in_shape.len()).rev() {
-        let o = out_shape.len() - in_shape.len() + i;
-        strides[o] = if in_shape[i] == 1 { 0 } else { s };
-        s *= in_shape[i];
-    }
-    strides
-}
-
 /// Writes `value` (shape `vshape`) into `state` at `offset` along `axis`.
 fn write_state(
     name: &str,

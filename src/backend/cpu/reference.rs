@@ -4,7 +4,8 @@
 
 use half::{bf16, f16};
 
-use super::{Plan, broadcast_strides, cpu_buffer, resolve_offset, split_axis, write_state};
+use crate::shape::broadcast_strides;
+use super::{Plan, cpu_buffer, resolve_offset, split_axis, write_state};
 use crate::backend::RunArgs;
 use crate::dtype::{DType, Rounding};
 use crate::error::{Error, Result};

@@ -7,7 +7,7 @@ use bytemuck::{Pod, Zeroable};
 use super::super::context::{PipelineKey, Shader};
 use super::super::layout::{code, geometry};
 use super::round_code;
-use crate::backend::cpu::broadcast_strides;
+use crate::shape::broadcast_strides;
 use crate::dtype::DType;
 
 /// matmul.wgsl's `Params`.

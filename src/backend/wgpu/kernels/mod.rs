@@ -6,7 +6,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::context::{PipelineKey, Shader};
 use super::layout::{code, geometry};
-use crate::backend::cpu::broadcast_strides;
+use crate::shape::broadcast_strides;
 use crate::dtype::DType;
 
 mod matmul;
