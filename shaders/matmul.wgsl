@@ -116,7 +116,7 @@ fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
             // odd N is written as zero by the invocation that owns its word.
             for (var p = 0u; p < 2u; p++) {
                 let gj = c0 + 2u * p;
-                if (P.n_off + gj < P.out_pitch) {
+                if (gj < P.n) { // only this launch's words (a split weight's chunk)
                     let lo = select(0u, enc_at(acc[r][2u * p], lrow + gj), gj < P.n);
                     let hi = select(0u, enc_at(acc[r][2u * p + 1u], lrow + gj + 1u), gj + 1u < P.n);
                     out[(base + gj) >> 1u] = lo | (hi << 16u);
@@ -155,7 +155,7 @@ fn store_row(base: u32, lrow: u32, cols: vec4<u32>, v: vec4<f32>, pairs: bool) {
     if (pairs) {
         for (var p = 0u; p < 2u; p++) {
             let gj = cols[2u * p];
-            if (P.n_off + gj < P.out_pitch) {
+            if (gj < P.n) { // only this launch's words (a split weight's chunk)
                 let lo = select(0u, enc_at(v[2u * p], lrow + gj), gj < P.n);
                 let hi = select(0u, enc_at(v[2u * p + 1u], lrow + gj + 1u), gj + 1u < P.n);
                 out[(base + gj) >> 1u] = lo | (hi << 16u);

@@ -1,4 +1,5 @@
-// reduce.wgsl — sum, max or mean over one axis, one invocation per output word, f32 accumulation.
+// reduce.wgsl — sum, max or mean over one axis, f32 accumulation: `reduce` (one invocation per
+// output word, for CPU-emulated adapters) and `reduce_tree` (a workgroup per output word).
 //
 // x: (outer, len, inner) logically; out: (outer, 1, inner).
 
@@ -66,4 +67,57 @@ fn reduce(@builtin(global_invocation_id) gid: vec3<u32>) {
         word |= bits << (16u * h);
     }
     out[w] = word;
+}
+
+// The GPU class: one workgroup per output word, RWG invocations striding over the axis, then a
+// tree in workgroup memory. Control flow around the barriers is uniform (`w` is the same for the
+// whole workgroup; no early return), and no subgroup size is assumed.
+override RWG: u32 = 64u;
+var<workgroup> part: array<f32, RWG>;
+
+fn combine(x: f32, y: f32) -> f32 {
+    return select(x + y, max(x, y), OP == 1u);
+}
+
+@compute @workgroup_size(RWG)
+fn reduce_tree(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let w = wid.y * P.row_words + wid.x;
+    let valid = w < P.words;
+    let per = select(1u, 2u, is16(DT_OUT));
+    var word = 0u;
+    for (var h = 0u; h < per; h++) {
+        let pe = w * per + h;
+        let col = pe % P.out_pitch;
+        let live = valid && col < P.out_last;
+        let l = (pe / P.out_pitch) * P.out_last + col;
+        let o = l / P.inner;
+        let i = l % P.inner;
+        // A finite sentinel for max over an empty axis (kernels never materialise Inf).
+        var acc = select(0.0, -3.4028235e38, OP == 1u);
+        if (live) {
+            for (var k = lid.x; k < P.len; k += RWG) {
+                acc = combine(acc, load_x((o * P.len + k) * P.inner + i));
+            }
+        }
+        part[lid.x] = acc;
+        workgroupBarrier();
+        for (var s = RWG / 2u; s > 0u; s = s / 2u) {
+            if (lid.x < s) {
+                part[lid.x] = combine(part[lid.x], part[lid.x + s]);
+            }
+            workgroupBarrier();
+        }
+        if (lid.x == 0u && live) {
+            var r = part[0];
+            if (OP == 2u) {
+                r = r / f32(P.len);
+            }
+            word |= encode_round(DT_OUT, bitcast<u32>(r), ROUND == 1u, vec2<u32>(P.ka, P.kb), l) << (16u * h);
+        }
+        // The next half reuses `part`.
+        workgroupBarrier();
+    }
+    if (lid.x == 0u && valid) {
+        out[w] = word;
+    }
 }

@@ -13,8 +13,9 @@ struct Params {
 }
 
 @group(0) @binding(0) var<storage, read> a: array<vec4<u32>>;
-@group(0) @binding(1) var<storage, read_write> out: array<vec4<u32>>;
-@group(0) @binding(2) var<uniform> P: Params;
+// Binding 1 is the cast family's unused second operand (the general kernel's layout).
+@group(0) @binding(2) var<storage, read_write> out: array<vec4<u32>>;
+@group(0) @binding(3) var<uniform> P: Params;
 
 fn two(w: u32) -> vec2<u32> {
     return vec2<u32>(elem_bits(DT_A, w, false), elem_bits(DT_A, w, true));

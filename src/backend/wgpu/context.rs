@@ -4,105 +4,61 @@
 //! panics).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 
-/// The shader families in `shaders/`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Shader {
-    Elementwise,
-    Matmul,
-    MatmulCpu,
-    MatmulSg,
-    Reduce,
-    State,
-    Widen,
+/// One WGSL source: a family's kernels after the preludes it needs. Families define theirs as
+/// `static`s (`kernels/<family>.rs`); modules are cached by `name`.
+#[derive(Debug)]
+pub(crate) struct Shader {
+    pub name: &'static str,
+    /// The pieces, concatenated in order (preludes first).
+    pub parts: &'static [&'static str],
+    /// Uses subgroup operations (built only where the adapter has them).
+    pub subgroups: bool,
 }
 
-const PRELUDE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/prelude.wgsl"));
-const MATMUL_PARAMS: &str = include_str!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/shaders/matmul_params.wgsl"
-));
+/// prelude.wgsl: dtype codes, 16-bit integer encode/decode, stochastic rounding.
+pub(crate) const PRELUDE: &str =
+    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/prelude.wgsl"));
 
 impl Shader {
-    /// Every family (for the naga test).
-    pub(crate) const ALL: [Shader; 7] = [
-        Shader::Elementwise,
-        Shader::Matmul,
-        Shader::MatmulCpu,
-        Shader::MatmulSg,
-        Shader::Reduce,
-        Shader::State,
-        Shader::Widen,
-    ];
-
-    fn body(self) -> &'static str {
-        match self {
-            Shader::Elementwise => include_str!(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/shaders/elementwise.wgsl"
-            )),
-            Shader::Matmul => {
-                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/matmul.wgsl"))
-            }
-            Shader::MatmulCpu => {
-                include_str!(concat!(
-                    env!("CARGO_MANIFEST_DIR"),
-                    "/shaders/matmul_cpu.wgsl"
-                ))
-            }
-            Shader::MatmulSg => {
-                include_str!(concat!(
-                    env!("CARGO_MANIFEST_DIR"),
-                    "/shaders/matmul_sg.wgsl"
-                ))
-            }
-            Shader::Reduce => {
-                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/reduce.wgsl"))
-            }
-            Shader::State => {
-                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/state.wgsl"))
-            }
-            Shader::Widen => {
-                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/widen.wgsl"))
-            }
-        }
-    }
-
-    /// The full WGSL: the dtype prelude, then the family's kernels.
-    pub(crate) fn source(self) -> String {
-        match self {
-            Shader::Matmul | Shader::MatmulCpu | Shader::MatmulSg => {
-                format!("{PRELUDE}\n{MATMUL_PARAMS}\n{}", self.body())
-            }
-            Shader::Elementwise | Shader::Reduce | Shader::State | Shader::Widen => {
-                format!("{PRELUDE}\n{}", self.body())
-            }
-        }
-    }
-
-    /// Bindings: (read-only storage count, then one read-write storage, then the params uniform).
-    fn read_only(self) -> u32 {
-        match self {
-            Shader::Elementwise | Shader::Matmul | Shader::MatmulCpu | Shader::MatmulSg => 2,
-            Shader::Reduce | Shader::State | Shader::Widen => 1,
-        }
+    /// The full WGSL.
+    pub(crate) fn source(&self) -> String {
+        self.parts.join("\n")
     }
 }
 
 /// The pipeline cache key: never exact sizes (settled decision 2).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug)]
 pub(crate) struct PipelineKey {
-    pub shader: Shader,
+    pub shader: &'static Shader,
     pub entry: &'static str,
     pub constants: Vec<(&'static str, u32)>,
 }
 
+impl PartialEq for PipelineKey {
+    fn eq(&self, o: &PipelineKey) -> bool {
+        self.shader.name == o.shader.name && self.entry == o.entry && self.constants == o.constants
+    }
+}
+impl Eq for PipelineKey {}
+impl std::hash::Hash for PipelineKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.shader.name.hash(h);
+        self.entry.hash(h);
+        self.constants.hash(h);
+    }
+}
+
+/// A bind-group layout's shape: one entry per storage binding (true = read-only), then the
+/// params uniform. Derived from a launch's binding list, never from the op.
+pub(crate) type Signature = Vec<bool>;
+
 pub(crate) struct Pipeline {
     pub pipeline: wgpu::ComputePipeline,
-    pub layout: wgpu::BindGroupLayout,
 }
 
 pub(crate) struct Ctx {
@@ -110,13 +66,15 @@ pub(crate) struct Ctx {
     pub queue: wgpu::Queue,
     pub limits: wgpu::Limits,
     pub name: String,
-    /// The adapter runs shaders on CPU cores (lavapipe, llvmpipe, WARP).
-    pub software: bool,
-    /// Subgroup operations with a fixed subgroup size of 8 (matmul_sg.wgsl assumes it).
-    pub subgroup8: bool,
+    /// Subgroup sizes (min, max) when the device has subgroup operations.
+    pub subgroups: Option<(u32, u32)>,
     errors: Arc<Mutex<Vec<String>>>,
-    modules: Mutex<HashMap<Shader, Arc<wgpu::ShaderModule>>>,
-    pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
+    modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
+    layouts: Mutex<HashMap<Signature, Arc<wgpu::BindGroupLayout>>>,
+    pipelines: Mutex<HashMap<(PipelineKey, Signature), Arc<Pipeline>>>,
+    /// Pipelines built and bind groups created on this device so far (run statistics).
+    pub pipelines_built: AtomicU64,
+    pub bind_groups_created: AtomicU64,
     debug: bool,
 }
 
@@ -151,21 +109,39 @@ impl Ctx {
             lock(&lost).push(format!("device lost ({reason:?}): {msg}"))
         });
         let info = adapter.get_info();
-        let subgroup8 = device.features().contains(wgpu::Features::SUBGROUP)
-            && info.subgroup_min_size == 8
-            && info.subgroup_max_size == 8;
+        let subgroups = device
+            .features()
+            .contains(wgpu::Features::SUBGROUP)
+            .then_some((info.subgroup_min_size, info.subgroup_max_size));
         Ok(Ctx {
             limits: device.limits(),
-            subgroup8,
+            subgroups,
             device,
             queue,
             name: name.to_string(),
-            software: adapter.get_info().device_type == wgpu::DeviceType::Cpu,
             errors,
             modules: Mutex::new(HashMap::new()),
+            layouts: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(HashMap::new()),
+            pipelines_built: AtomicU64::new(0),
+            bind_groups_created: AtomicU64::new(0),
             debug: std::env::var("POLYTENSOR_DEBUG").is_ok_and(|v| v != "0"),
         })
+    }
+
+    /// Runs `f` inside validation and out-of-memory error scopes, so an error it causes reaches
+    /// this caller (scopes are per thread), never whichever session checks the device next.
+    pub(crate) fn scoped<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let invalid = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let r = f();
+        let e1 = pollster::block_on(invalid.pop());
+        let e2 = pollster::block_on(oom.pop());
+        let r = r?;
+        match e1.or(e2) {
+            Some(e) => Err(self.err(e.to_string())),
+            None => Ok(r),
+        }
     }
 
     fn err(&self, msg: String) -> Error {
@@ -186,68 +162,81 @@ impl Ctx {
         Err(self.err(all))
     }
 
-    fn module(&self, shader: Shader) -> Result<Arc<wgpu::ShaderModule>> {
-        if let Some(m) = lock(&self.modules).get(&shader) {
+    fn module(&self, shader: &'static Shader) -> Result<Arc<wgpu::ShaderModule>> {
+        if let Some(m) = lock(&self.modules).get(shader.name) {
             return Ok(m.clone());
         }
         let src = shader.source();
         if self.debug {
-            eprintln!("[polytensor] WGSL for {shader:?}:\n{src}");
+            eprintln!("[polytensor] WGSL for {}:\n{src}", shader.name);
         }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = self
             .device
             .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(&format!("{shader:?}")),
+                label: Some(shader.name),
                 source: wgpu::ShaderSource::Wgsl(src.into()),
             });
         if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(self.err(format!("shader {shader:?} failed to compile: {e}")));
+            return Err(self.err(format!("shader {} failed to compile: {e}", shader.name)));
         }
         let module = Arc::new(module);
-        lock(&self.modules).insert(shader, module.clone());
+        lock(&self.modules).insert(shader.name, module.clone());
         Ok(module)
     }
 
-    /// The pipeline for `key`, built once and cached.
-    pub(crate) fn pipeline(&self, key: &PipelineKey) -> Result<Arc<Pipeline>> {
-        if let Some(p) = lock(&self.pipelines).get(key) {
-            return Ok(p.clone());
+    /// The bind-group layout of `sig` (created once).
+    pub(crate) fn layout(&self, sig: &Signature) -> Arc<wgpu::BindGroupLayout> {
+        if let Some(l) = lock(&self.layouts).get(sig) {
+            return l.clone();
         }
-        if self.debug {
-            eprintln!("[polytensor] pipeline {key:?}");
-        }
-        let module = self.module(key.shader)?;
-        let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
+        let entry = |binding, ty| wgpu::BindGroupLayoutEntry {
             binding,
             visibility: wgpu::ShaderStages::COMPUTE,
             ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Storage { read_only },
+                ty,
                 has_dynamic_offset: false,
                 min_binding_size: None,
             },
             count: None,
         };
-        let ro = key.shader.read_only();
-        let mut entries: Vec<_> = (0..ro).map(|i| storage(i, true)).collect();
-        entries.push(storage(ro, false));
-        entries.push(wgpu::BindGroupLayoutEntry {
-            binding: ro + 1,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Uniform,
-                has_dynamic_offset: false,
-                min_binding_size: None,
-            },
-            count: None,
-        });
+        let mut entries: Vec<_> = sig
+            .iter()
+            .enumerate()
+            .map(|(i, &read_only)| {
+                entry(i as u32, wgpu::BufferBindingType::Storage { read_only })
+            })
+            .collect();
+        entries.push(entry(sig.len() as u32, wgpu::BufferBindingType::Uniform));
+        let layout = Arc::new(
+            self.device
+                .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                    label: None,
+                    entries: &entries,
+                }),
+        );
+        lock(&self.layouts).insert(sig.clone(), layout.clone());
+        layout
+    }
+
+    /// The pipeline for `key` with the bind-group layout `sig`, built once and cached.
+    pub(crate) fn pipeline(&self, key: &PipelineKey, sig: &Signature) -> Result<Arc<Pipeline>> {
+        let cache_key = (key.clone(), sig.clone());
+        if let Some(p) = lock(&self.pipelines).get(&cache_key) {
+            return Ok(p.clone());
+        }
+        if self.debug {
+            eprintln!("[polytensor] pipeline {}/{} {:?}", key.shader.name, key.entry, key.constants);
+        }
+        if key.shader.subgroups && self.subgroups.is_none() {
+            return Err(self.err(format!(
+                "pipeline {}/{} needs subgroups, which the device lacks",
+                key.shader.name, key.entry
+            )));
+        }
+        let module = self.module(key.shader)?;
+        let layout = self.layout(sig);
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let layout = self
-            .device
-            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: None,
-                entries: &entries,
-            });
         let pl = self
             .device
             .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
@@ -274,10 +263,14 @@ impl Ctx {
                 cache: None,
             });
         if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(self.err(format!("pipeline {key:?} failed: {e}")));
+            return Err(self.err(format!(
+                "pipeline {}/{} {:?} failed: {e}",
+                key.shader.name, key.entry, key.constants
+            )));
         }
-        let p = Arc::new(Pipeline { pipeline, layout });
-        lock(&self.pipelines).insert(key.clone(), p.clone());
+        self.pipelines_built.fetch_add(1, Ordering::Relaxed);
+        let p = Arc::new(Pipeline { pipeline });
+        lock(&self.pipelines).insert(cache_key, p.clone());
         Ok(p)
     }
 
@@ -306,7 +299,7 @@ impl Ctx {
         Ok(buf)
     }
 
-    /// A uniform buffer for one kernel's params.
+    /// A uniform buffer for the params of every launch of a program, at offsets.
     pub(crate) fn uniform(&self, bytes: u64) -> wgpu::Buffer {
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("params"),
@@ -364,18 +357,24 @@ impl Ctx {
             return Err(e);
         }
         let mut out = Vec::with_capacity(bufs.len());
+        let mut failed = None;
         for (buf, n) in bufs {
             if *n == 0 {
                 out.push(Vec::new());
                 continue;
             }
-            let bytes = buf
-                .get_mapped_range(0..*n)
-                .map_err(|e| self.err(format!("reading a mapped buffer: {e}")))?
-                .to_vec();
+            // Every mapped buffer is unmapped, even after a failed read of another.
+            if failed.is_none() {
+                match buf.get_mapped_range(0..*n) {
+                    Ok(view) => out.push(view.to_vec()),
+                    Err(e) => failed = Some(self.err(format!("reading a mapped buffer: {e}"))),
+                }
+            }
             buf.unmap();
-            out.push(bytes);
         }
-        Ok(out)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
     }
 }

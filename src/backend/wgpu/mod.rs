@@ -28,6 +28,8 @@ pub struct WgpuBackend {
     binding_limit: u64,
     /// Features the device must be opened with, beyond those polytensor uses when present.
     extra_features: wgpu::Features,
+    /// What the kernel planners know about the adapter.
+    class: kernels::Class,
 }
 
 fn device_type(t: wgpu::DeviceType) -> DeviceType {
@@ -115,12 +117,23 @@ impl WgpuBackend {
             },
             details,
         };
+        let class = kernels::Class {
+            cpu: software && !kernels_override().unwrap_or(false),
+            subgroups: features
+                .contains(wgpu::Features::SUBGROUP)
+                .then_some((ai.subgroup_min_size, ai.subgroup_max_size)),
+            max_invocations: limits.max_compute_invocations_per_workgroup,
+            workgroup_bytes: limits.max_compute_workgroup_storage_size,
+            binding_limit: binding,
+            offset_align: u64::from(limits.min_storage_buffer_offset_alignment),
+        };
         WgpuBackend {
             adapter,
             info,
             ctx: OnceLock::new(),
             binding_limit: binding,
             extra_features: wgpu::Features::empty(),
+            class,
         }
     }
 
@@ -128,6 +141,7 @@ impl WgpuBackend {
     pub(crate) fn ctx(&self) -> Result<Arc<Ctx>> {
         self.ctx
             .get_or_init(|| {
+                kernels_override()?;
                 Ctx::new(&self.adapter, &self.info.name, self.extra_features)
                     .map(Arc::new)
                     .map_err(|e| e.to_string())
@@ -137,26 +151,6 @@ impl WgpuBackend {
                 device: self.info.name.clone(),
                 msg,
             })
-    }
-
-    /// Whether operand b of matmul node `n` (shape `b`) can be bound in row ranges.
-    fn splits(&self, n: &crate::ir::Node, b: &crate::shape::Shape, dtype: DType) -> bool {
-        let dims = b.max_dims();
-        matches!(
-            n.op,
-            Op::MatMul {
-                transpose_b: true,
-                ..
-            }
-        ) && dims.len() == 2
-            && kernels::split_rows(
-                dtype,
-                dims[1],
-                dims[0],
-                self.binding_limit,
-                u64::from(self.adapter.limits().min_storage_buffer_offset_alignment),
-            )
-            .is_some()
     }
 
     /// The same adapter as a new device whose storage-binding limit is `bytes` (tests use a small
@@ -212,6 +206,24 @@ impl DeviceBuffer for WgpuBuffer {
     fn as_any(&self) -> &dyn Any {
         self
     }
+    fn write(&self, tensor: TensorView<'_>) -> Result<bool> {
+        if tensor.shape() != self.shape.as_slice() || tensor.dtype() != self.dtype {
+            return Ok(false);
+        }
+        let image = layout::to_device(tensor.data(), tensor.shape());
+        if !image.is_empty() {
+            self.ctx.queue.write_buffer(&self.buffer, 0, &image);
+        }
+        self.ctx.check()?;
+        Ok(true)
+    }
+    fn clear(&self) -> Result<bool> {
+        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+        enc.clear_buffer(&self.buffer, 0, None);
+        self.ctx.queue.submit([enc.finish()]);
+        self.ctx.check()?;
+        Ok(true)
+    }
 }
 
 impl Backend for WgpuBackend {
@@ -220,69 +232,9 @@ impl Backend for WgpuBackend {
     }
 
     fn supports(&self, graph: &Graph, node: NodeId) -> std::result::Result<(), String> {
-        let n = graph.node(node).map_err(|e| e.to_string())?;
-        let limit = self.binding_limit;
-        let mut shapes = vec![(&n.shape, n.dtype)];
-        for &i in &n.inputs {
-            let x = graph.node(i).map_err(|e| e.to_string())?;
-            shapes.push((&x.shape, x.dtype));
-        }
-        for (k, (shape, dtype)) in shapes.iter().enumerate() {
-            let bytes = layout::device_bytes(*dtype, &shape.max_dims());
-            // A transposed rank-2 matmul weight [N, K] may exceed the limit: it is bound in row
-            // ranges, one launch each (settled decision 5).
-            if bytes > limit && k == 2 && self.splits(n, shape, *dtype) {
-                continue;
-            }
-            if bytes > limit {
-                return Err(format!(
-                    "a {dtype}{shape} tensor needs {bytes} bytes, over the storage binding limit {limit}"
-                ));
-            }
-            if shape.rank() > 8 {
-                return Err(format!("rank {} over the kernels' maximum 8", shape.rank()));
-            }
-        }
-        match &n.op {
-            Op::Cast { to, .. } => {
-                let from = shapes[1].1;
-                if from.is_float() != to.is_float() {
-                    return Err(format!(
-                        "cast {from}→{to} between integer and float (WGSL's conversion may round either way)"
-                    ));
-                }
-                Ok(())
-            }
-            Op::MatMul { .. } => {
-                if n.shape.rank() > 6 {
-                    return Err("matmul with more than 4 batch dimensions".to_string());
-                }
-                // Every grid dimension stays under the 65535-workgroup limit (the smallest
-                // tiles cover 4 rows and 4 columns; the batch is the z dimension).
-                let d = n.shape.max_dims();
-                let (m, cols) = (d[d.len() - 2], d[d.len() - 1]);
-                let batch: usize = d[..d.len() - 2].iter().product();
-                if m.div_ceil(4) > 65535 || cols.div_ceil(4) > 65535 || batch > 65535 {
-                    return Err(format!(
-                        "matmul output {} over the dispatch grid limits",
-                        n.shape
-                    ));
-                }
-                let (a, b) = (&shapes[1].0, &shapes[2].0);
-                if a.rank().max(b.rank()) > 6 {
-                    return Err("matmul with more than 4 batch dimensions".to_string());
-                }
-                Ok(())
-            }
-            Op::Input { .. }
-            | Op::Weight { .. }
-            | Op::State { .. }
-            | Op::Constant { .. }
-            | Op::WriteState { .. }
-            | Op::Unary(_)
-            | Op::Binary(_)
-            | Op::Reduce { .. } => Ok(()),
-        }
+        graph.node(node).map_err(|e| e.to_string())?;
+        let maxima: Vec<Vec<usize>> = graph.nodes().iter().map(|n| n.shape.max_dims()).collect();
+        kernels::supports(&program::view(graph, node.0, &maxima), &self.class)
     }
 
     fn upload(&self, tensor: TensorView<'_>) -> Result<Arc<dyn DeviceBuffer>> {
@@ -302,32 +254,63 @@ impl Backend for WgpuBackend {
         }))
     }
 
+    fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Arc<dyn DeviceBuffer>> {
+        let ctx = self.ctx()?;
+        let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let bytes = count.and_then(|n| n.checked_mul(dtype.size_of()).map(|_| n));
+        if bytes.is_none() {
+            return Err(Error::LimitExceeded {
+                what: format!("state {dtype}{} elements", crate::shape::fmt_dims(shape)),
+                value: u64::MAX,
+                limit: ctx.limits.max_buffer_size,
+                device: self.info.name.clone(),
+            });
+        }
+        // wgpu zero-fills new buffers: no host tensor, no upload.
+        let buffer = ctx.storage(layout::device_bytes(dtype, shape), "state")?;
+        ctx.check()?;
+        Ok(Arc::new(WgpuBuffer {
+            buffer,
+            shape: shape.to_vec(),
+            dtype,
+            ctx,
+        }))
+    }
+
     fn compile(&self, graph: &Graph) -> Result<Box<dyn Program>> {
+        for i in 0..graph.nodes().len() {
+            if let Err(why) = self.supports(graph, NodeId(i)) {
+                return Err(Error::Unsupported(format!(
+                    "%{i} ({}) on {}: {why}",
+                    graph.nodes()[i].op.name(),
+                    self.info.name
+                )));
+            }
+        }
         let ctx = self.ctx()?;
         // On CPU-emulated adapters with 8-wide subgroups the f32 subgroup kernel beats every
         // 16-bit one (each 16-bit element would be decoded once per use): widen the operands
         // once, multiply in f32, and round the result once with the node's own rounding.
         let widened;
-        let graph = if ctx.software && ctx.subgroup8 {
+        let graph = if self.class.cpu && self.class.subgroups == Some((8, 8)) {
             widened = widen_16bit_matmuls(graph, self.binding_limit)?;
             &widened
         } else {
             graph
         };
-        Ok(Box::new(program::WgpuProgram::new(
-            ctx,
-            graph,
-            self.binding_limit,
-        )?))
+        Ok(Box::new(program::WgpuProgram::new(ctx, graph, self.class)?))
     }
 }
 
-/// Every shader family's full source (prelude + kernels), for validation with naga in tests.
-pub fn shader_sources() -> Vec<(String, String)> {
-    context::Shader::ALL
-        .iter()
-        .map(|s| (format!("{s:?}"), s.source()))
-        .collect()
+/// `POLYTENSOR_KERNELS`: `gpu` forces the kernel classes meant for real GPUs (workgroup
+/// memory) on CPU-emulated adapters too; unset, empty or `auto` chooses by adapter.
+fn kernels_override() -> std::result::Result<bool, String> {
+    match std::env::var("POLYTENSOR_KERNELS") {
+        Ok(v) if v == "gpu" => Ok(true),
+        Ok(v) if v.is_empty() || v == "auto" => Ok(false),
+        Ok(v) => Err(format!("POLYTENSOR_KERNELS={v}: expected `auto` or `gpu`")),
+        Err(_) => Ok(false),
+    }
 }
 
 /// Rewrites each f16/bf16 matmul as cast-to-f32 operands → f32 matmul → cast back with the
@@ -401,83 +384,34 @@ pub fn devices_requiring(features: wgpu::Features) -> Vec<Device> {
         .collect()
 }
 
-/// One specialisation of a shader: (label, WGSL source, entry point, override constants).
-pub type ShaderVariant = (String, String, &'static str, Vec<(&'static str, f64)>);
+/// One specialisation of a shader, for validation with naga in tests.
+pub struct ShaderVariant {
+    /// `shader/entry`.
+    pub label: String,
+    /// The full WGSL.
+    pub source: String,
+    pub entry: &'static str,
+    /// Override constants.
+    pub constants: Vec<(&'static str, f64)>,
+    /// Uses subgroup operations (validated with that capability; not for GL).
+    pub subgroups: bool,
+}
 
-/// Every pipeline variant the backend can build (dtype × op × tile config × alignment), so a
+/// Exactly the pipeline keys the kernel planners draw from (every family's `all_keys()`), so a
 /// test can validate each with naga without a GPU.
 pub fn shader_variants() -> Vec<ShaderVariant> {
-    use crate::ir::{BinaryOp, ReduceOp, UnaryOp};
-    use kernels::{Ew, Tiles};
-    let mut keys = Vec::new();
-    for sr in [false, true] {
-        for d in DType::FLOATS {
-            for u in UnaryOp::ALL {
-                keys.push(kernels::elementwise_key(Ew::Unary(u), d, d, d, sr));
-            }
-            for b in BinaryOp::ALL {
-                keys.push(kernels::elementwise_key(Ew::Binary(b), d, d, d, sr));
-            }
-            for r in [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Mean] {
-                keys.push(kernels::reduce_key(r, d, d, sr));
-            }
-            let configs = [
-                Tiles {
-                    wx: 16,
-                    wy: 16,
-                    bk: 16,
-                    sg8: false,
-                },
-                Tiles {
-                    wx: 8,
-                    wy: 8,
-                    bk: 8,
-                    sg8: false,
-                },
-                Tiles::direct(64),
-            ];
-            for tiles in configs {
-                for aligned in [false, true] {
-                    keys.push(kernels::matmul_key(tiles, d, d, d, aligned, sr));
-                }
-            }
-            if d.size_of() == 2 {
-                keys.push(kernels::matmul_vec_key(Tiles::direct(64), d, d, d, sr));
-            }
-            let sg = Tiles {
-                sg8: true,
-                ..Tiles::direct(64)
-            };
-            if d == DType::F32 {
-                keys.push(kernels::matmul_sg_key(sg, d, d, d, sr));
-            }
-        }
-        for from in DType::ALL {
-            for to in DType::ALL {
-                if from.is_float() == to.is_float() {
-                    keys.push(kernels::elementwise_key(Ew::Cast, from, from, to, sr));
-                }
-            }
-        }
-    }
-    for d in DType::ALL {
-        keys.push(kernels::state_key(d));
-    }
-    keys.push(kernels::widen_key(DType::F16));
-    keys.push(kernels::widen_key(DType::BF16));
-    keys.into_iter()
-        .map(|k| {
-            let consts = k
+    kernels::all_keys()
+        .into_iter()
+        .map(|k| ShaderVariant {
+            label: format!("{}/{}", k.shader.name, k.entry),
+            source: k.shader.source(),
+            entry: k.entry,
+            constants: k
                 .constants
                 .iter()
                 .map(|&(n, v)| (n, f64::from(v)))
-                .collect();
-            (
-                format!("{:?}/{}", k.shader, k.entry),
-                k.shader.source(),
-                k.entry,
-                consts,
-            )
+                .collect(),
+            subgroups: k.shader.subgroups,
         })
         .collect()
 }

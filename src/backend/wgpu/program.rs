@@ -1,14 +1,17 @@
 //! A graph compiled for one wgpu device: buffers planned once at the symbols' maxima with
-//! liveness-based reuse, pipelines built once (`run.rs` runs it).
+//! liveness-based reuse, every node's launches planned by its kernel family, pipelines built
+//! once, and one params uniform for all launches at fixed offsets (`run.rs` runs it). Nothing
+//! here looks at the op: the families say what to launch and what to bind.
 
-use std::sync::Arc;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
 
-use super::context::{Ctx, Pipeline};
-use super::kernels::{self, Ew, Tiles};
+use super::context::{Ctx, Pipeline, Signature};
+use super::kernels::{self, Buf, Class, NodeView, Value};
 use super::layout::{device_bytes, to_device};
-use crate::dtype::{DType, Rounding};
-use crate::error::{Error, Result};
-use crate::ir::{Graph, Op};
+use crate::backend::RunStats;
+use crate::error::Result;
+use crate::ir::{Graph, Node};
 use crate::tensor::Storage;
 
 /// Where a node's value lives during a run.
@@ -20,117 +23,65 @@ pub(super) enum Slot {
     Buf(usize),
     /// A session weight, bound directly.
     Weight(String),
-    /// A session state, bound directly (no later write in this graph changes it).
+    /// A session state, bound directly (aliased: no later write in this graph changes it).
     State(String),
 }
 
 pub(super) enum Step {
     /// Write an input into its buffer (before the command buffer runs).
     Upload { node: usize, name: String },
-    /// Copy a state into the node's buffer (a snapshot, since a later write changes it).
+    /// Copy a state into the node's buffer (a snapshot: a later write changes the state).
     Snapshot { node: usize, name: String },
-    /// One kernel launch.
-    Kernel {
-        node: usize,
-        /// The pipeline for each kernel class (kernels::CLASS_*).
-        pipelines: Vec<Arc<Pipeline>>,
-        /// One params buffer per launch (several when a weight is split over bindings).
-        params: Vec<wgpu::Buffer>,
-        /// Rows of the (transposed) matmul weight per binding, when it exceeds the limit.
-        split: Option<usize>,
-    },
+    /// The launches `range` (into `WgpuProgram::launches`) of node `node`.
+    Kernel { node: usize, range: Range<usize> },
+}
+
+/// A buffer a binding resolves to at run time.
+#[derive(Clone, Debug)]
+pub(super) enum Res {
+    /// The value of node `i` (its slot).
+    Node(usize),
+    /// A session state by name.
+    State(String),
+}
+
+/// One planned launch, ready to bind and dispatch.
+pub(super) struct Planned {
+    /// The candidate pipelines (kernel classes), all with `layout`.
+    pub pipelines: Vec<Arc<Pipeline>>,
+    pub layout: Arc<wgpu::BindGroupLayout>,
+    /// Each storage binding: the buffer and an optional byte range.
+    pub resources: Vec<(Res, Option<(u64, u64)>)>,
+    /// Where this launch's params sit in the program's uniform buffer.
+    pub params_offset: u64,
+    pub params_size: u64,
+}
+
+/// Mutable state of the one run in flight (a program runs one at a time).
+pub(super) struct RunState {
+    /// Each launch's bind group with the buffers it was built for (rebuilt when a weight or
+    /// state buffer is replaced).
+    pub bind_groups: Vec<Option<(Vec<wgpu::Buffer>, wgpu::BindGroup)>>,
+    /// The params of every launch, uploaded at once.
+    pub params: Vec<u8>,
 }
 
 pub(crate) struct WgpuProgram {
     pub(super) ctx: Arc<Ctx>,
     pub(super) graph: Graph,
+    pub(super) class: Class,
     pub(super) slots: Vec<Slot>,
     pub(super) bufs: Vec<wgpu::Buffer>,
     pub(super) steps: Vec<Step>,
+    pub(super) launches: Vec<Planned>,
+    /// The params uniform of every launch.
+    pub(super) params: wgpu::Buffer,
     /// Readback buffer of each graph output.
     pub(super) staging: Vec<wgpu::Buffer>,
-    pub(super) tiles: Tiles,
     /// Held from submit until the outputs are read: one set of buffers serves one run at a time.
-    pub(super) running: std::sync::Mutex<()>,
-}
-
-/// Tile shape per adapter class.
-fn tiles_for(ctx: &Ctx) -> Tiles {
-    if ctx.software {
-        return Tiles {
-            sg8: ctx.subgroup8,
-            ..Tiles::direct(64)
-        };
-    }
-    let max = ctx.limits.max_compute_invocations_per_workgroup;
-    if max >= 256 && ctx.limits.max_compute_workgroup_storage_size >= 16 * 1024 {
-        Tiles {
-            wx: 16,
-            wy: 16,
-            bk: 16,
-            sg8: false,
-        }
-    } else {
-        Tiles {
-            wx: 8,
-            wy: 8,
-            bk: 8,
-            sg8: false,
-        }
-    }
-}
-
-fn pipelines_for(
-    ctx: &Ctx,
-    graph: &Graph,
-    i: usize,
-    tiles: Tiles,
-) -> Result<Option<Vec<Arc<Pipeline>>>> {
-    let node = &graph.nodes()[i];
-    let dt = |j: usize| graph.nodes()[node.inputs[j].0].dtype;
-    let sr = matches!(node.rounding, Rounding::Stochastic { .. });
-    let key = match &node.op {
-        Op::Unary(u) => kernels::elementwise_key(Ew::Unary(*u), dt(0), dt(0), node.dtype, sr),
-        Op::Binary(b) => kernels::elementwise_key(Ew::Binary(*b), dt(0), dt(1), node.dtype, sr),
-        Op::Cast { .. } if dt(0).size_of() == 2 && node.dtype == DType::F32 => {
-            // Class 1: the vectorised widen for contiguous shapes (chosen per run).
-            let general = ctx.pipeline(&kernels::elementwise_key(
-                Ew::Cast,
-                dt(0),
-                dt(0),
-                node.dtype,
-                sr,
-            ))?;
-            let widen = ctx.pipeline(&kernels::widen_key(dt(0)))?;
-            return Ok(Some(vec![general, widen]));
-        }
-        Op::Cast { .. } => kernels::elementwise_key(Ew::Cast, dt(0), dt(0), node.dtype, sr),
-        Op::Reduce { op, .. } => kernels::reduce_key(*op, dt(0), node.dtype, sr),
-        Op::WriteState { .. } => kernels::state_key(node.dtype),
-        Op::MatMul { .. } => {
-            let (a, b, o) = (dt(0), dt(1), node.dtype);
-            let general = ctx.pipeline(&kernels::matmul_key(tiles, a, b, o, false, sr))?;
-            // CPU adapters: the "aligned" class is the vectorised 16-bit kernel of
-            // matmul_cpu.wgsl (f32 keeps the direct kernel for both classes).
-            let aligned = if tiles.is_direct() && o.size_of() == 2 {
-                ctx.pipeline(&kernels::matmul_vec_key(tiles, a, b, o, sr))?
-            } else if tiles.is_direct() {
-                general.clone()
-            } else {
-                ctx.pipeline(&kernels::matmul_key(tiles, a, b, o, true, sr))?
-            };
-            let subgroup = if tiles.sg8 && o == DType::F32 {
-                ctx.pipeline(&kernels::matmul_sg_key(tiles, a, b, o, sr))?
-            } else {
-                general.clone()
-            };
-            return Ok(Some(vec![general, aligned, subgroup]));
-        }
-        Op::Input { .. } | Op::Weight { .. } | Op::State { .. } | Op::Constant { .. } => {
-            return Ok(None);
-        }
-    };
-    Ok(Some(vec![ctx.pipeline(&key)?]))
+    pub(super) running: Mutex<RunState>,
+    /// The counts of the latest run (before any: of the compile).
+    pub(super) stats: Mutex<RunStats>,
 }
 
 /// The program's buffers, with best-fit reuse of released ones.
@@ -139,12 +90,15 @@ struct BufPool {
     bufs: Vec<wgpu::Buffer>,
     sizes: Vec<u64>,
     free: Vec<usize>,
+    /// Buffers never given back (inputs, constants).
+    pinned: Vec<bool>,
 }
 
 impl BufPool {
     fn pinned(&mut self, buf: wgpu::Buffer, bytes: u64) -> usize {
         self.bufs.push(buf);
         self.sizes.push(bytes);
+        self.pinned.push(true);
         self.bufs.len() - 1
     }
 
@@ -159,21 +113,48 @@ impl BufPool {
         if let Some(k) = best {
             return Ok(self.free.swap_remove(k));
         }
-        Ok(self.pinned(ctx.storage(bytes, "intermediate")?, bytes))
+        let b = self.pinned(ctx.storage(bytes, "intermediate")?, bytes);
+        self.pinned[b] = false;
+        Ok(b)
     }
 
     fn release(&mut self, b: usize) {
-        if !self.free.contains(&b) {
+        if !self.pinned[b] && !self.free.contains(&b) {
             self.free.push(b);
         }
     }
 }
 
+/// Node `i` as its family's planner sees it, with `shapes` (maxima at compile, bound at run).
+pub(super) fn view<'a>(graph: &'a Graph, i: usize, shapes: &'a [Vec<usize>]) -> NodeView<'a> {
+    let nodes = graph.nodes();
+    let node: &Node = &nodes[i];
+    NodeView {
+        op: &node.op,
+        dtype: node.dtype,
+        rounding: node.rounding,
+        shape: &shapes[i],
+        inputs: node
+            .inputs
+            .iter()
+            .map(|j| (nodes[j.0].dtype, shapes[j.0].as_slice()))
+            .collect(),
+        fixed: node
+            .inputs
+            .iter()
+            .map(|j| nodes[j.0].shape.is_fixed())
+            .collect(),
+    }
+}
+
 impl WgpuProgram {
-    pub(crate) fn new(ctx: Arc<Ctx>, graph: &Graph, binding_limit: u64) -> Result<WgpuProgram> {
+    pub(crate) fn new(ctx: Arc<Ctx>, graph: &Graph, class: Class) -> Result<WgpuProgram> {
+        let built_before = ctx
+            .pipelines_built
+            .load(std::sync::atomic::Ordering::Relaxed);
         let nodes = graph.nodes();
         let n = nodes.len();
-        let tiles = tiles_for(&ctx);
+        let maxima: Vec<Vec<usize>> = nodes.iter().map(|n| n.shape.max_dims()).collect();
         let mut last_use: Vec<usize> = (0..n).collect();
         for (i, node) in nodes.iter().enumerate() {
             for j in &node.inputs {
@@ -183,40 +164,45 @@ impl WgpuProgram {
         for (_, id) in graph.outputs() {
             last_use[id.0] = usize::MAX;
         }
+        // Whether a write to state `name` follows node i (then a value of the state read at i
+        // must be a snapshot; otherwise it aliases the state's buffer).
         let written_after = |name: &str, i: usize| {
             nodes[i + 1..]
                 .iter()
-                .any(|m| matches!(&m.op, Op::WriteState { name: w, .. } if w == name))
+                .any(|m| matches!(kernels::value(&m.op), Value::WrittenState(w) if w == name))
         };
+        let align = u64::from(ctx.limits.min_uniform_buffer_offset_alignment).max(16);
         let mut slots = vec![Slot::None; n];
         let mut pool = BufPool::default();
         let mut steps = Vec::new();
+        let mut launches: Vec<Planned> = Vec::new();
+        let mut params_bytes = 0u64;
         for (i, node) in nodes.iter().enumerate() {
-            let bytes = device_bytes(node.dtype, &node.shape.max_dims());
+            let bytes = device_bytes(node.dtype, &maxima[i]);
             let used = last_use[i] > i;
-            match &node.op {
-                Op::Input { name } => {
+            let mut snapshot = None;
+            match kernels::value(&node.op) {
+                Value::Input(name) => {
                     slots[i] = Slot::Buf(pool.pinned(ctx.storage(bytes, name)?, bytes));
                     steps.push(Step::Upload {
                         node: i,
-                        name: name.clone(),
+                        name: name.to_string(),
                     });
                 }
-                Op::Weight { name } => slots[i] = Slot::Weight(name.clone()),
-                Op::State { name } => {
+                Value::Weight(name) => slots[i] = Slot::Weight(name.to_string()),
+                Value::State(name) => {
                     if written_after(name, i) && used {
-                        let b = pool.alloc(&ctx, bytes)?;
-                        slots[i] = Slot::Buf(b);
+                        slots[i] = Slot::Buf(pool.alloc(&ctx, bytes)?);
                         steps.push(Step::Snapshot {
                             node: i,
-                            name: name.clone(),
+                            name: name.to_string(),
                         });
                     } else {
-                        slots[i] = Slot::State(name.clone());
+                        slots[i] = Slot::State(name.to_string());
                     }
                 }
-                Op::Constant { values } => {
-                    let dims = node.shape.max_dims();
+                Value::Constant(values) => {
+                    let dims = &maxima[i];
                     let count: usize = dims.iter().product();
                     let v: Vec<f32> = if values.len() == 1 {
                         vec![values[0] as f32; count]
@@ -224,87 +210,67 @@ impl WgpuProgram {
                         values.iter().map(|&x| x as f32).collect()
                     };
                     let storage = Storage::from_f32(node.dtype, v);
-                    let image = to_device(storage.as_ref(), &dims);
+                    let image = to_device(storage.as_ref(), dims);
                     let buf = ctx.storage(bytes, "constant")?;
                     if !image.is_empty() {
                         ctx.queue.write_buffer(&buf, 0, &image);
                     }
                     slots[i] = Slot::Buf(pool.pinned(buf, bytes));
                 }
-                Op::WriteState { name, .. } => {
-                    let pipelines = pipelines_for(&ctx, graph, i, tiles)?.ok_or_else(|| {
-                        Error::InvalidGraph("write_state without a kernel".to_string())
-                    })?;
-                    steps.push(Step::Kernel {
-                        node: i,
-                        pipelines,
-                        params: vec![
-                            ctx.uniform(std::mem::size_of::<kernels::StateParams>() as u64),
-                        ],
-                        split: None,
-                    });
-                    if used {
-                        let b = pool.alloc(&ctx, bytes)?;
-                        slots[i] = Slot::Buf(b);
-                        steps.push(Step::Snapshot {
-                            node: i,
-                            name: name.clone(),
-                        });
+                Value::Computed => slots[i] = Slot::Buf(pool.alloc(&ctx, bytes)?),
+                Value::WrittenState(name) => {
+                    if used && written_after(name, i) {
+                        slots[i] = Slot::Buf(pool.alloc(&ctx, bytes)?);
+                        snapshot = Some(name.to_string());
+                    } else if used {
+                        slots[i] = Slot::State(name.to_string());
                     }
                 }
-                Op::MatMul { .. }
-                | Op::Unary(_)
-                | Op::Binary(_)
-                | Op::Reduce { .. }
-                | Op::Cast { .. } => {
-                    let pipelines = pipelines_for(&ctx, graph, i, tiles)?
-                        .ok_or_else(|| Error::InvalidGraph("op without a kernel".to_string()))?;
-                    let b = pool.alloc(&ctx, bytes)?;
-                    slots[i] = Slot::Buf(b);
-                    let psize = match &node.op {
-                        // Room for either the cast or the widen params.
-                        Op::Cast { .. } => std::mem::size_of::<kernels::EwParams>(),
-                        Op::MatMul { .. } => std::mem::size_of::<kernels::MatmulParams>(),
-                        Op::Reduce { .. } => std::mem::size_of::<kernels::ReduceParams>(),
-                        _ => std::mem::size_of::<kernels::EwParams>(),
-                    };
-                    // A transposed weight over the binding limit: bound in row ranges, one launch
-                    // per range (supports() accepted it only when such a split exists).
-                    let split = match &node.op {
-                        Op::MatMul {
-                            transpose_b: true, ..
-                        } => {
-                            let b = &nodes[node.inputs[1].0];
-                            let dims = b.shape.max_dims();
-                            let bytes = device_bytes(b.dtype, &dims);
-                            if bytes > binding_limit && dims.len() == 2 {
-                                let align =
-                                    u64::from(ctx.limits.min_storage_buffer_offset_alignment);
-                                kernels::split_rows(b.dtype, dims[1], dims[0], binding_limit, align)
-                            } else {
-                                None
-                            }
-                        }
-                        _ => None,
-                    };
-                    let launches = match split {
-                        Some(rows) => nodes[node.inputs[1].0].shape.max_dims()[0].div_ceil(rows),
-                        None => 1,
-                    };
-                    steps.push(Step::Kernel {
-                        node: i,
-                        pipelines,
-                        params: (0..launches).map(|_| ctx.uniform(psize as u64)).collect(),
-                        split,
-                    });
-                }
+            }
+            let planned = kernels::plan(&view(graph, i, &maxima), &class)?;
+            let first = launches.len();
+            for l in planned {
+                let sig: Signature = l.bindings.iter().map(|b| b.read_only).collect();
+                let pipelines = l
+                    .keys
+                    .iter()
+                    .map(|k| ctx.pipeline(k, &sig))
+                    .collect::<Result<Vec<_>>>()?;
+                let resources = l
+                    .bindings
+                    .iter()
+                    .map(|b| {
+                        let res = match &b.buf {
+                            Buf::Operand(k) => Res::Node(node.inputs[*k].0),
+                            Buf::Out => Res::Node(i),
+                            Buf::State(name) => Res::State(name.clone()),
+                        };
+                        (res, b.range)
+                    })
+                    .collect();
+                launches.push(Planned {
+                    pipelines,
+                    layout: ctx.layout(&sig),
+                    resources,
+                    params_offset: params_bytes,
+                    params_size: l.params_size.div_ceil(16) * 16,
+                });
+                params_bytes += l.params_size.div_ceil(align) * align;
+            }
+            if launches.len() > first {
+                steps.push(Step::Kernel {
+                    node: i,
+                    range: first..launches.len(),
+                });
+            }
+            if let Some(name) = snapshot {
+                steps.push(Step::Snapshot { node: i, name });
             }
             // Operands whose last reader is this node give their buffers back (after this
             // node's output was allocated, so a kernel never reads and writes one buffer).
             for j in &node.inputs {
                 if last_use[j.0] == i
                     && let Slot::Buf(b) = slots[j.0]
-                    && !matches!(nodes[j.0].op, Op::Input { .. } | Op::Constant { .. })
                 {
                     pool.release(b);
                 }
@@ -313,21 +279,32 @@ impl WgpuProgram {
         let staging = graph
             .outputs()
             .iter()
-            .map(|(_, id)| {
-                let node = &nodes[id.0];
-                ctx.staging(device_bytes(node.dtype, &node.shape.max_dims()))
-            })
+            .map(|(_, id)| ctx.staging(device_bytes(nodes[id.0].dtype, &maxima[id.0])))
             .collect();
+        let params = ctx.uniform(params_bytes.max(16));
         ctx.check()?;
+        let built = ctx
+            .pipelines_built
+            .load(std::sync::atomic::Ordering::Relaxed)
+            - built_before;
         Ok(WgpuProgram {
+            running: Mutex::new(RunState {
+                bind_groups: (0..launches.len()).map(|_| None).collect(),
+                params: vec![0; params_bytes as usize],
+            }),
+            stats: Mutex::new(RunStats {
+                pipelines_built: built,
+                ..RunStats::default()
+            }),
             ctx,
             graph: graph.clone(),
+            class,
             slots,
             bufs: pool.bufs,
             steps,
+            launches,
+            params,
             staging,
-            tiles,
-            running: std::sync::Mutex::new(()),
         })
     }
 }

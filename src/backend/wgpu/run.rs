@@ -1,161 +1,237 @@
-//! Running a compiled program: per launch only a params write, a bind group and a dispatch; all
-//! kernels go into one command buffer, and the outputs are read back by the completion hook.
+//! Running a compiled program. Per run: the inputs and one params upload for every launch,
+//! bind groups reused (rebuilt only when a weight or state buffer was replaced), every launch in
+//! one compute pass (a state snapshot, a copy, splits it), one command buffer, and the outputs
+//! read back by the completion hook. Nothing here looks at the op.
 
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard};
 
 use super::WgpuBuffer;
-use super::kernels;
+use super::kernels::{self, Go, RunValues};
 use super::layout::{device_bytes, from_device, to_device};
-use super::program::{Slot, Step, WgpuProgram};
-use crate::backend::{DeviceBuffer, Pending, Program, RunArgs};
-use crate::dtype::{DType, Rounding};
+use super::program::{Res, RunState, Slot, Step, WgpuProgram, view};
+use crate::backend::{DeviceBuffer, Pending, Program, RunArgs, RunStats};
+use crate::dtype::Rounding;
 use crate::error::{Error, Result};
-use crate::ir::{Offset, Op};
-use crate::shape::Bindings;
 use crate::tensor::Tensor;
 
+fn lock<T>(m: &std::sync::Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl WgpuProgram {
-    fn buffer<'a>(&'a self, node: usize, args: &RunArgs<'a>) -> Result<&'a wgpu::Buffer> {
-        let from = |buf: Option<&'a Arc<dyn DeviceBuffer>>,
-                    kind: &str,
-                    name: &str|
-         -> Result<&'a wgpu::Buffer> {
-            let buf = buf.ok_or_else(|| Error::Device {
+    fn session_buffer<'a>(
+        &self,
+        map: &'a std::collections::HashMap<String, Arc<dyn DeviceBuffer>>,
+        kind: &str,
+        name: &str,
+    ) -> Result<&'a wgpu::Buffer> {
+        let buf = map.get(name).ok_or_else(|| Error::Device {
+            device: self.ctx.name.clone(),
+            msg: format!("{kind} `{name}` missing"),
+        })?;
+        buf.as_any()
+            .downcast_ref::<WgpuBuffer>()
+            .map(|b| &b.buffer)
+            .ok_or_else(|| Error::Device {
                 device: self.ctx.name.clone(),
-                msg: format!("{kind} `{name}` missing"),
-            })?;
-            buf.as_any()
-                .downcast_ref::<WgpuBuffer>()
-                .map(|b| &b.buffer)
-                .ok_or_else(|| Error::Device {
-                    device: self.ctx.name.clone(),
-                    msg: format!("{kind} `{name}` lives on another device"),
-                })
-        };
-        match &self.slots[node] {
-            Slot::Buf(b) => Ok(&self.bufs[*b]),
-            Slot::Weight(name) => from(args.weights.get(name), "weight", name),
-            Slot::State(name) => from(args.states.get(name), "state", name),
-            Slot::None => Err(Error::InvalidGraph(format!("%{node} has no buffer"))),
+                msg: format!("{kind} `{name}` lives on another device"),
+            })
+    }
+
+    fn buffer<'a>(&'a self, res: &Res, args: &RunArgs<'a>) -> Result<&'a wgpu::Buffer> {
+        match res {
+            Res::State(name) => self.session_buffer(args.states, "state", name),
+            Res::Node(i) => match &self.slots[*i] {
+                Slot::Buf(b) => Ok(&self.bufs[*b]),
+                Slot::Weight(name) => self.session_buffer(args.weights, "weight", name),
+                Slot::State(name) => self.session_buffer(args.states, "state", name),
+                Slot::None => Err(Error::InvalidGraph(format!("%{i} has no buffer"))),
+            },
         }
     }
 
-    /// Params bytes, grid and alignment class of kernel `i` under `shapes`; `None` when the
-    /// output is empty (nothing to dispatch).
-    fn launch(
+    /// Launch `k`'s bind group, built on first use and again only when one of its buffers was
+    /// replaced (`load_weight`, `set_state` with a new shape).
+    fn bind_group<'s>(
         &self,
-        i: usize,
-        shapes: &[Vec<usize>],
-        bindings: &Bindings,
-        seed: u64,
-        counter: u64,
-        split: Option<usize>,
-    ) -> Result<Vec<Launch>> {
-        let node = &self.graph.nodes()[i];
-        let ins: Vec<(DType, &[usize])> = node
-            .inputs
+        k: usize,
+        state: &'s mut RunState,
+        args: &RunArgs<'_>,
+        stats: &mut RunStats,
+    ) -> Result<&'s wgpu::BindGroup> {
+        let l = &self.launches[k];
+        let bufs = l
+            .resources
             .iter()
-            .map(|j| (self.graph.nodes()[j.0].dtype, shapes[j.0].as_slice()))
-            .collect();
-        let out = (node.dtype, shapes[i].as_slice());
-        let keys = match node.rounding {
-            Rounding::Stochastic { stream } => crate::rng::sr_keys(seed, stream, counter),
-            Rounding::NearestEven => [0, 0],
-        };
-        let count = |s: &[usize]| s.iter().product::<usize>();
-        let r = match &node.op {
-            Op::WriteState { axis, offset, name } => {
-                let off = match offset {
-                    Offset::Fixed(n) => *n,
-                    Offset::Sym(s) => bindings.get(s)?,
-                };
-                let (state, value) = (out.1, ins[0].1);
-                if off
-                    .checked_add(value[*axis])
-                    .is_none_or(|end| end > state[*axis])
-                {
-                    return Err(Error::StateWriteOutOfRange {
-                        name: name.clone(),
-                        axis: *axis,
-                        offset: off,
-                        len: value[*axis],
-                        size: state[*axis],
-                    });
+            .map(|(res, _)| self.buffer(res, args).cloned())
+            .collect::<Result<Vec<wgpu::Buffer>>>()?;
+        let slot = &mut state.bind_groups[k];
+        if slot.as_ref().is_none_or(|(have, _)| *have != bufs) {
+            let mut entries: Vec<wgpu::BindGroupEntry<'_>> = l
+                .resources
+                .iter()
+                .zip(&bufs)
+                .enumerate()
+                .map(|(b, ((_, range), buf))| wgpu::BindGroupEntry {
+                    binding: b as u32,
+                    resource: match range {
+                        Some((offset, size)) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: buf,
+                            offset: *offset,
+                            size: std::num::NonZeroU64::new(*size),
+                        }),
+                        None => buf.as_entire_binding(),
+                    },
+                })
+                .collect();
+            entries.push(wgpu::BindGroupEntry {
+                binding: l.resources.len() as u32,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &self.params,
+                    offset: l.params_offset,
+                    size: std::num::NonZeroU64::new(l.params_size),
+                }),
+            });
+            let bg = self.ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &l.layout,
+                entries: &entries,
+            });
+            self.ctx.bind_groups_created.fetch_add(1, Ordering::Relaxed);
+            stats.bind_groups_created += 1;
+            *slot = Some((bufs, bg));
+        }
+        match slot {
+            Some((_, bg)) => Ok(bg),
+            None => Err(Error::InvalidGraph("bind group missing".to_string())),
+        }
+    }
+
+    fn encode<'a>(
+        &'a self,
+        args: &RunArgs<'a>,
+        state: &mut RunState,
+        shapes: &[Vec<usize>],
+        stats: &mut RunStats,
+    ) -> Result<()> {
+        let ctx = &self.ctx;
+        let nodes = self.graph.nodes();
+        // Every launch's params and grid under this run's sizes (the launch count is fixed).
+        let mut gos: Vec<Option<Go>> = (0..self.launches.len()).map(|_| None).collect();
+        for step in &self.steps {
+            let Step::Kernel { node, range } = step else {
+                continue;
+            };
+            let n = &nodes[*node];
+            let keys = match n.rounding {
+                Rounding::Stochastic { stream } => crate::rng::sr_keys(args.seed, stream, args.counter),
+                Rounding::NearestEven => [0, 0],
+            };
+            let run = RunValues {
+                bindings: args.bindings,
+                keys,
+            };
+            let planned = kernels::bind(&view(&self.graph, *node, shapes), &self.class, range.len(), &run)?;
+            if planned.len() != range.len() {
+                return Err(Error::InvalidGraph(format!(
+                    "%{node} ({}): {} launches planned, {} bound",
+                    n.op.name(),
+                    range.len(),
+                    planned.len()
+                )));
+            }
+            for (k, go) in range.clone().zip(planned) {
+                if let Go::Dispatch { params, .. } = &go {
+                    let at = self.launches[k].params_offset as usize;
+                    state.params[at..at + params.len()].copy_from_slice(params);
                 }
-                if count(value) == 0 {
-                    return Ok(vec![]);
+                gos[k] = Some(go);
+            }
+        }
+        for step in &self.steps {
+            if let Step::Upload { node, name } = step {
+                let view = args.inputs.get(name).ok_or_else(|| Error::MissingInput {
+                    name: name.clone(),
+                    shape: nodes[*node].shape.to_string(),
+                    dtype: nodes[*node].dtype,
+                })?;
+                if !view.data().is_empty() {
+                    let image = to_device(view.data(), view.shape());
+                    ctx.queue
+                        .write_buffer(self.buffer(&Res::Node(*node), args)?, 0, &image);
+                    stats.bytes_uploaded += image.len() as u64;
                 }
-                let (p, g) = kernels::state_params(node.dtype, state, value, *axis, off);
-                (bytemuck::bytes_of(&p).to_vec(), g, 0, None)
             }
-            _ if count(out.1) == 0 => return Ok(vec![]),
-            Op::MatMul {
-                transpose_a,
-                transpose_b,
-            } => {
-                let (ta, tb) = (*transpose_a, *transpose_b);
-                let Some(rows) = split else {
-                    let (p, g, class) =
-                        kernels::matmul_params(self.tiles, ins[0], ins[1], out, ta, tb, keys, None);
-                    return Ok(vec![(bytemuck::bytes_of(&p).to_vec(), g, class, None)]);
-                };
-                // Weight [N, K] bound `rows` rows at a time; each launch fills its columns.
-                let (bd, bs) = ins[1];
-                let row_bytes = (kernels::row_bytes(bd, bs[1])) as u64;
-                let mut launches = Vec::new();
-                for n0 in (0..bs[0]).step_by(rows) {
-                    let nc = rows.min(bs[0] - n0);
-                    let chunk = [nc, bs[1]];
-                    let (p, g, class) = kernels::matmul_params(
-                        self.tiles,
-                        ins[0],
-                        (bd, &chunk),
-                        out,
-                        ta,
-                        tb,
-                        keys,
-                        Some((n0, nc)),
-                    );
-                    let range = (
-                        n0 as u64 * row_bytes,
-                        (nc as u64 * row_bytes).div_ceil(4) * 4,
-                    );
-                    launches.push((bytemuck::bytes_of(&p).to_vec(), g, class, Some(range)));
+        }
+        if !state.params.is_empty() {
+            ctx.queue.write_buffer(&self.params, 0, &state.params);
+            stats.bytes_uploaded += state.params.len() as u64;
+        }
+        let mut enc = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("run") });
+        let mut pass: Option<wgpu::ComputePass<'static>> = None;
+        for step in &self.steps {
+            match step {
+                Step::Upload { .. } => {}
+                Step::Snapshot { node, name } => {
+                    // A copy cannot sit inside a compute pass: end the current one.
+                    drop(pass.take());
+                    let src = self.buffer(&Res::State(name.clone()), args)?;
+                    let bytes = device_bytes(nodes[*node].dtype, &shapes[*node]);
+                    enc.copy_buffer_to_buffer(src, 0, self.buffer(&Res::Node(*node), args)?, 0, bytes);
+                    stats.bytes_copied += bytes;
                 }
-                return Ok(launches);
+                Step::Kernel { range, .. } => {
+                    for k in range.clone() {
+                        let Some(Go::Dispatch {
+                            class,
+                            grid,
+                            state_elements,
+                            ..
+                        }) = gos[k].take()
+                        else {
+                            continue;
+                        };
+                        let l = &self.launches[k];
+                        let pipe = &l.pipelines[class.min(l.pipelines.len() - 1)];
+                        let bg = self.bind_group(k, state, args, stats)?;
+                        let p = pass.get_or_insert_with(|| {
+                            stats.passes += 1;
+                            enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                                label: Some("run"),
+                                timestamp_writes: None,
+                            })
+                            .forget_lifetime()
+                        });
+                        p.set_pipeline(&pipe.pipeline);
+                        p.set_bind_group(0, bg, &[]);
+                        p.dispatch_workgroups(grid[0], grid[1], grid[2]);
+                        stats.launches.push(grid);
+                        stats.state_elements_written += state_elements;
+                    }
+                }
             }
-            Op::Cast { .. } if kernels::widens(ins[0].0, node.dtype, out.1) => {
-                let (p, g) = kernels::widen_params(out.1);
-                (bytemuck::bytes_of(&p).to_vec(), g, 1, None)
+        }
+        drop(pass);
+        for ((_, id), st) in self.graph.outputs().iter().zip(&self.staging) {
+            let n: usize = shapes[id.0].iter().product();
+            if n > 0 {
+                let bytes = device_bytes(nodes[id.0].dtype, &shapes[id.0]);
+                enc.copy_buffer_to_buffer(self.buffer(&Res::Node(id.0), args)?, 0, st, 0, bytes);
             }
-            Op::Unary(_) | Op::Cast { .. } => {
-                let (p, g) = kernels::elementwise_params(ins[0], None, out, keys);
-                (bytemuck::bytes_of(&p).to_vec(), g, 0, None)
-            }
-            Op::Binary(_) => {
-                let (p, g) = kernels::elementwise_params(ins[0], Some(ins[1]), out, keys);
-                (bytemuck::bytes_of(&p).to_vec(), g, 0, None)
-            }
-            Op::Reduce { axis, .. } => {
-                let (p, g) = kernels::reduce_params(ins[0], out, *axis, keys);
-                (bytemuck::bytes_of(&p).to_vec(), g, 0, None)
-            }
-            Op::Input { .. } | Op::Weight { .. } | Op::State { .. } | Op::Constant { .. } => {
-                return Ok(vec![]);
-            }
-        };
-        Ok(vec![r])
+        }
+        ctx.queue.submit([enc.finish()]);
+        Ok(())
     }
 }
 
-/// One kernel launch of a run: params bytes, grid, kernel class, and the byte range of operand
-/// b to bind (a split weight), else all of it.
-type Launch = (Vec<u8>, [u32; 3], usize, Option<(u64, u64)>);
-
 struct WgpuPending<'a> {
     program: &'a WgpuProgram,
-    _running: std::sync::MutexGuard<'a, ()>,
+    _running: MutexGuard<'a, RunState>,
     shapes: Vec<Vec<usize>>,
+    stats: RunStats,
 }
 
 impl Pending for WgpuPending<'_> {
@@ -177,6 +253,9 @@ impl Pending for WgpuPending<'_> {
             })
             .collect();
         let data = p.ctx.read_back(&reads)?;
+        let mut stats = self.stats;
+        stats.bytes_read_back = reads.iter().map(|(_, n)| n).sum();
+        *lock(&p.stats) = stats;
         outs.iter()
             .zip(data)
             .map(|((_, id), bytes)| {
@@ -188,164 +267,26 @@ impl Pending for WgpuPending<'_> {
 
 impl Program for WgpuProgram {
     fn submit<'a>(&'a self, args: RunArgs<'a>) -> Result<Box<dyn Pending + 'a>> {
-        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        let ctx = &self.ctx;
-        let nodes = self.graph.nodes();
-        let shapes: Vec<Vec<usize>> = nodes
+        let mut running = lock(&self.running);
+        let shapes: Vec<Vec<usize>> = self
+            .graph
+            .nodes()
             .iter()
             .map(|n| n.shape.resolve(args.bindings))
             .collect::<Result<_>>()?;
-        let mut enc = ctx
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("run") });
-        for step in &self.steps {
-            match step {
-                Step::Upload { node, name } => {
-                    let view = args.inputs.get(name).ok_or_else(|| Error::MissingInput {
-                        name: name.clone(),
-                        shape: nodes[*node].shape.to_string(),
-                        dtype: nodes[*node].dtype,
-                    })?;
-                    let image = to_device(view.data(), view.shape());
-                    if !view.data().is_empty() {
-                        ctx.queue
-                            .write_buffer(self.buffer(*node, &args)?, 0, &image);
-                    }
-                }
-                Step::Snapshot { node, name } => {
-                    let src = args.states.get(name).ok_or_else(|| Error::UnknownState {
-                        name: name.clone(),
-                        known: String::new(),
-                    })?;
-                    let src =
-                        src.as_any()
-                            .downcast_ref::<WgpuBuffer>()
-                            .ok_or_else(|| Error::Device {
-                                device: ctx.name.clone(),
-                                msg: format!("state `{name}` lives on another device"),
-                            })?;
-                    let bytes = device_bytes(nodes[*node].dtype, &shapes[*node]);
-                    enc.copy_buffer_to_buffer(&src.buffer, 0, self.buffer(*node, &args)?, 0, bytes);
-                }
-                Step::Kernel {
-                    node,
-                    pipelines,
-                    params,
-                    split,
-                } => {
-                    let launches = self.launch(
-                        *node,
-                        &shapes,
-                        args.bindings,
-                        args.seed,
-                        args.counter,
-                        *split,
-                    )?;
-                    let n = &nodes[*node];
-                    // A matmul with an empty reduction is all zeros: clear instead of dispatching.
-                    if let Op::MatMul { transpose_a, .. } = n.op {
-                        let a = &shapes[n.inputs[0].0];
-                        let k = if transpose_a {
-                            a[a.len() - 2]
-                        } else {
-                            a[a.len() - 1]
-                        };
-                        if k == 0 && !launches.is_empty() {
-                            enc.clear_buffer(self.buffer(*node, &args)?, 0, None);
-                            continue;
-                        }
-                    }
-                    for ((bytes, grid, class, b_range), params) in launches.into_iter().zip(params)
-                    {
-                        ctx.queue.write_buffer(params, 0, &bytes);
-                        let pipe = &pipelines[class.min(pipelines.len() - 1)];
-                        let whole = |buf: &'a wgpu::Buffer| buf.as_entire_binding();
-                        let resources: Vec<wgpu::BindingResource<'_>> = match n.op {
-                            Op::WriteState { ref name, .. } => {
-                                let st = args
-                                    .states
-                                    .get(name)
-                                    .and_then(|s| s.as_any().downcast_ref::<WgpuBuffer>());
-                                let st = st.ok_or_else(|| Error::UnknownState {
-                                    name: name.clone(),
-                                    known: String::new(),
-                                })?;
-                                vec![
-                                    whole(self.buffer(n.inputs[0].0, &args)?),
-                                    whole(&st.buffer),
-                                    whole(params),
-                                ]
-                            }
-                            Op::Reduce { .. } | Op::Cast { .. }
-                                if class == 1 || matches!(n.op, Op::Reduce { .. }) =>
-                            {
-                                vec![
-                                    whole(self.buffer(n.inputs[0].0, &args)?),
-                                    whole(self.buffer(*node, &args)?),
-                                    whole(params),
-                                ]
-                            }
-                            _ => {
-                                let a = self.buffer(n.inputs[0].0, &args)?;
-                                let b = match n.inputs.get(1) {
-                                    Some(j) => self.buffer(j.0, &args)?,
-                                    None => a,
-                                };
-                                let b = match b_range {
-                                    Some((offset, size)) => {
-                                        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                            buffer: b,
-                                            offset,
-                                            size: std::num::NonZeroU64::new(size),
-                                        })
-                                    }
-                                    None => whole(b),
-                                };
-                                vec![
-                                    whole(a),
-                                    b,
-                                    whole(self.buffer(*node, &args)?),
-                                    whole(params),
-                                ]
-                            }
-                        };
-                        let entries: Vec<wgpu::BindGroupEntry<'_>> = resources
-                            .into_iter()
-                            .enumerate()
-                            .map(|(k, resource)| wgpu::BindGroupEntry {
-                                binding: k as u32,
-                                resource,
-                            })
-                            .collect();
-                        let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                            label: None,
-                            layout: &pipe.layout,
-                            entries: &entries,
-                        });
-                        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                            label: Some(n.op.name()),
-                            timestamp_writes: None,
-                        });
-                        pass.set_pipeline(&pipe.pipeline);
-                        pass.set_bind_group(0, &bg, &[]);
-                        pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
-                    }
-                }
-            }
-        }
-        for ((_, id), st) in self.graph.outputs().iter().zip(&self.staging) {
-            let n: usize = shapes[id.0].iter().product();
-            if n > 0 {
-                let bytes = device_bytes(nodes[id.0].dtype, &shapes[id.0]);
-                enc.copy_buffer_to_buffer(self.buffer(id.0, &args)?, 0, st, 0, bytes);
-            }
-        }
-        ctx.queue.submit([enc.finish()]);
-        ctx.check()?;
+        let mut stats = RunStats::default();
+        // A validation error this run causes comes back to this run.
+        self.ctx
+            .scoped(|| self.encode(&args, &mut running, &shapes, &mut stats))?;
         Ok(Box::new(WgpuPending {
             program: self,
             _running: running,
             shapes,
+            stats,
         }))
+    }
+
+    fn stats(&self) -> RunStats {
+        lock(&self.stats).clone()
     }
 }

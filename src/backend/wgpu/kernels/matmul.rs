@@ -1,14 +1,49 @@
-//! Host side of the matmul kernels (matmul.wgsl, matmul_cpu.wgsl, matmul_sg.wgsl): the params
-//! uniform, tile configurations per adapter class, kernel classes and the split of a weight over
-//! several bindings.
+//! Batched matmul (matmul.wgsl, matmul_cpu.wgsl, matmul_sg.wgsl): the params uniform, tile
+//! configurations per adapter class, the kernel classes chosen per run from the bound sizes, and
+//! a transposed weight over the binding limit bound in row ranges, one launch per range.
 
 use bytemuck::{Pod, Zeroable};
 
-use super::super::context::{PipelineKey, Shader};
-use super::super::layout::{code, geometry};
-use super::round_code;
-use crate::shape::broadcast_strides;
+use super::{Binding, Buf, Class, Go, Launch, NodeView, RunValues, fits};
+use crate::backend::wgpu::context::{PRELUDE, PipelineKey, Shader};
+use crate::backend::wgpu::layout::{code, device_bytes, geometry};
 use crate::dtype::DType;
+use crate::shape::broadcast_strides;
+
+const PARAMS: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/shaders/matmul_params.wgsl"
+));
+
+pub(crate) static TILED: Shader = Shader {
+    name: "matmul",
+    parts: &[
+        PRELUDE,
+        PARAMS,
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/matmul.wgsl")),
+    ],
+    subgroups: false,
+};
+
+pub(crate) static VECTORISED: Shader = Shader {
+    name: "matmul_cpu",
+    parts: &[
+        PRELUDE,
+        PARAMS,
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/matmul_cpu.wgsl")),
+    ],
+    subgroups: false,
+};
+
+pub(crate) static SUBGROUP: Shader = Shader {
+    name: "matmul_sg",
+    parts: &[
+        PRELUDE,
+        PARAMS,
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/matmul_sg.wgsl")),
+    ],
+    subgroups: true,
+};
 
 /// matmul.wgsl's `Params`.
 #[repr(C)]
@@ -36,17 +71,17 @@ pub(crate) struct MatmulParams {
 /// Tile configuration of the matmul kernel for one adapter class. `wx == 0` selects the
 /// direct variant for CPU-emulated adapters (no workgroup memory; `wy` invocations per group).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct Tiles {
-    pub wx: u32,
-    pub wy: u32,
-    pub bk: u32,
-    /// The adapter has 8-wide subgroups: the direct variant may use matmul_sg.wgsl.
-    pub sg8: bool,
+struct Tiles {
+    wx: u32,
+    wy: u32,
+    bk: u32,
+    /// The adapter has exactly 8-wide subgroups: the direct variant may use matmul_sg.wgsl.
+    sg8: bool,
 }
 
 impl Tiles {
     /// The direct (CPU-adapter) variant with `wg` invocations per workgroup.
-    pub(crate) fn direct(wg: u32) -> Tiles {
+    fn direct(wg: u32) -> Tiles {
         Tiles {
             wx: 0,
             wy: wg,
@@ -55,7 +90,7 @@ impl Tiles {
         }
     }
 
-    pub(crate) fn is_direct(self) -> bool {
+    fn is_direct(self) -> bool {
         self.wx == 0
     }
 
@@ -67,7 +102,7 @@ impl Tiles {
     }
 }
 
-pub(crate) fn matmul_key(
+fn matmul_key(
     tiles: Tiles,
     a: DType,
     b: DType,
@@ -77,13 +112,13 @@ pub(crate) fn matmul_key(
 ) -> PipelineKey {
     if tiles.is_direct() {
         return PipelineKey {
-            shader: Shader::Matmul,
+            shader: &TILED,
             entry: "matmul_direct",
             constants: cpu_constants(tiles, a, b, out, sr),
         };
     }
     PipelineKey {
-        shader: Shader::Matmul,
+        shader: &TILED,
         entry: "matmul",
         constants: vec![
             ("DT_A", code(a)),
@@ -97,14 +132,14 @@ pub(crate) fn matmul_key(
             ("A_TILE", tiles.bm() * tiles.bk),
             ("B_TILE", tiles.bn() * tiles.bk),
             ("ALIGNED", u32::from(aligned)),
-            ("ROUND", round_code(out, sr)),
+            ("ROUND", super::round_code(out, sr)),
         ],
     }
 }
 
 /// The vectorised CPU-adapter kernel (matmul_cpu.wgsl) for untransposed operands whose K and N
 /// are multiples of 4 (f32) or 8 (16-bit).
-pub(crate) fn matmul_vec_key(
+fn matmul_vec_key(
     tiles: Tiles,
     a: DType,
     b: DType,
@@ -112,21 +147,21 @@ pub(crate) fn matmul_vec_key(
     sr: bool,
 ) -> PipelineKey {
     PipelineKey {
-        shader: Shader::MatmulCpu,
+        shader: &VECTORISED,
         entry: "matmul_v8",
         constants: cpu_constants(tiles, a, b, out, sr),
     }
 }
 
 /// Bytes of one stored row of `k` elements of `dtype` (with the 16-bit pitch).
-pub(crate) fn row_bytes(dtype: DType, k: usize) -> usize {
+fn row_bytes(dtype: DType, k: usize) -> usize {
     geometry(dtype, &[k]).1 * dtype.size_of()
 }
 
 /// Rows of a transposed matmul weight `[N, K]` per binding when it exceeds `limit` bytes: the
 /// most that fit, even (whole output words for 16-bit), with byte offsets that are multiples of
 /// `align`. `None` when not even two rows fit.
-pub(crate) fn split_rows(
+fn split_rows(
     dtype: DType,
     k: usize,
     n: usize,
@@ -157,14 +192,14 @@ fn cpu_constants(
         ("DT_B", code(b)),
         ("DT_OUT", code(out)),
         ("DWG", tiles.wy),
-        ("ROUND", round_code(out, sr)),
+        ("ROUND", super::round_code(out, sr)),
     ]
 }
 
 /// The f32 subgroup kernel of matmul_sg.wgsl (8-wide subgroups only).
-pub(crate) fn matmul_sg_key(tiles: Tiles, a: DType, b: DType, out: DType, sr: bool) -> PipelineKey {
+fn matmul_sg_key(tiles: Tiles, a: DType, b: DType, out: DType, sr: bool) -> PipelineKey {
     PipelineKey {
-        shader: Shader::MatmulSg,
+        shader: &SUBGROUP,
         entry: "matmul_sg4",
         constants: cpu_constants(tiles, a, b, out, sr),
     }
@@ -172,13 +207,13 @@ pub(crate) fn matmul_sg_key(tiles: Tiles, a: DType, b: DType, out: DType, sr: bo
 
 /// Kernel classes of a matmul node: [general, aligned (GPU tiles) or vectorised (CPU adapter),
 /// subgroup (CPU adapter with 8-wide subgroups)].
-pub(crate) const CLASS_GENERAL: usize = 0;
-pub(crate) const CLASS_ALIGNED: usize = 1;
-pub(crate) const CLASS_SUBGROUP: usize = 2;
+const CLASS_GENERAL: usize = 0;
+const CLASS_ALIGNED: usize = 1;
+const CLASS_SUBGROUP: usize = 2;
 
 /// Params, grid and alignment class of a matmul; `None` grid when there is nothing to compute.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul_params(
+fn matmul_params(
     tiles: Tiles,
     a: (DType, &[usize]),
     b: (DType, &[usize]),
@@ -280,4 +315,196 @@ pub(crate) fn matmul_params(
             CLASS_GENERAL
         },
     )
+}
+
+/// Tile shape per adapter class.
+fn tiles_for(class: &Class) -> Tiles {
+    if class.cpu {
+        // matmul_sg.wgsl's unrolled broadcasts assume exactly 8 lanes: any other subgroup size
+        // (lavapipe at LP_NATIVE_VECTOR_WIDTH=128 has 4) takes the direct kernel.
+        return Tiles {
+            sg8: class.subgroups == Some((8, 8)),
+            ..Tiles::direct(64)
+        };
+    }
+    if class.max_invocations >= 256 && class.workgroup_bytes >= 16 * 1024 {
+        Tiles {
+            wx: 16,
+            wy: 16,
+            bk: 16,
+            sg8: false,
+        }
+    } else {
+        Tiles {
+            wx: 8,
+            wy: 8,
+            bk: 8,
+            sg8: false,
+        }
+    }
+}
+
+/// The candidate kernels of a matmul node, in class order.
+fn keys(tiles: Tiles, a: DType, b: DType, o: DType, sr: bool) -> Vec<PipelineKey> {
+    let general = matmul_key(tiles, a, b, o, false, sr);
+    // CPU adapters: the "aligned" class is the vectorised 16-bit kernel of matmul_cpu.wgsl
+    // (f32 keeps the direct kernel for both classes).
+    let aligned = if tiles.is_direct() && o.size_of() == 2 {
+        matmul_vec_key(tiles, a, b, o, sr)
+    } else if tiles.is_direct() {
+        general.clone()
+    } else {
+        matmul_key(tiles, a, b, o, true, sr)
+    };
+    let mut keys = vec![general, aligned];
+    if tiles.sg8 && o == DType::F32 {
+        keys.push(matmul_sg_key(tiles, a, b, o, sr));
+    }
+    keys
+}
+
+pub(super) fn all_keys() -> Vec<PipelineKey> {
+    let configs = [
+        Tiles {
+            wx: 16,
+            wy: 16,
+            bk: 16,
+            sg8: false,
+        },
+        Tiles {
+            wx: 8,
+            wy: 8,
+            bk: 8,
+            sg8: false,
+        },
+        Tiles::direct(64),
+        Tiles {
+            sg8: true,
+            ..Tiles::direct(64)
+        },
+    ];
+    let mut out: Vec<PipelineKey> = Vec::new();
+    for sr in [false, true] {
+        for d in DType::FLOATS {
+            for tiles in configs {
+                for k in keys(tiles, d, d, d, sr) {
+                    if !out.contains(&k) {
+                        out.push(k);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Rows per binding when operand b (a transposed, fixed-shape rank-2 weight) is over the
+/// binding limit.
+fn split(node: &NodeView<'_>, class: &Class, transpose_b: bool) -> Option<usize> {
+    let (bd, bs) = node.input(1);
+    if !transpose_b || bs.len() != 2 || device_bytes(bd, bs) <= class.binding_limit {
+        return None;
+    }
+    split_rows(bd, bs[1], bs[0], class.binding_limit, class.offset_align)
+}
+
+/// The chunks (first row, rows) of a split weight of `n` rows, last first: each launch writes
+/// only its own columns, so the order does not matter, and running them backwards proves it.
+fn chunks(n: usize, rows: usize) -> Vec<(usize, usize)> {
+    let mut v: Vec<(usize, usize)> = (0..n)
+        .step_by(rows)
+        .map(|n0| (n0, rows.min(n - n0)))
+        .collect();
+    v.reverse();
+    v
+}
+
+pub(super) fn supports(node: &NodeView<'_>, class: &Class) -> Result<(), String> {
+    let d = node.shape;
+    if d.len() > 6 || node.inputs.iter().any(|(_, s)| s.len() > 6) {
+        return Err("matmul with more than 4 batch dimensions".to_string());
+    }
+    // Every grid dimension stays under the 65535-workgroup limit (the smallest tiles cover 4
+    // rows and 4 columns; the batch is the z dimension).
+    let (m, cols) = (d[d.len() - 2], d[d.len() - 1]);
+    let batch: usize = d[..d.len() - 2].iter().product();
+    if m.div_ceil(4) > 65535 || cols.div_ceil(4) > 65535 || batch > 65535 {
+        return Err(format!(
+            "matmul output {} over the dispatch grid limits",
+            crate::shape::fmt_dims(d)
+        ));
+    }
+    let tb = matches!(
+        node.op,
+        crate::ir::Op::MatMul {
+            transpose_b: true,
+            ..
+        }
+    );
+    // A transposed rank-2 weight of fixed shape may exceed the limit: it is bound in row
+    // ranges, one launch each (settled decision 5).
+    let may_split = if node.fixed.get(1).copied().unwrap_or(false) && split(node, class, tb).is_some() {
+        vec![1]
+    } else {
+        vec![]
+    };
+    fits(node, class, &may_split)
+}
+
+pub(super) fn plan(node: &NodeView<'_>, class: &Class, transpose_b: bool) -> Vec<Launch> {
+    let (a, b) = (node.input(0).0, node.input(1).0);
+    let keys = keys(tiles_for(class), a, b, node.dtype, node.sr());
+    let launch = |range| Launch {
+        keys: keys.clone(),
+        params_size: std::mem::size_of::<MatmulParams>() as u64,
+        bindings: vec![
+            Binding::read(Buf::Operand(0)),
+            Binding {
+                range,
+                ..Binding::read(Buf::Operand(1))
+            },
+            Binding::write(Buf::Out),
+        ],
+    };
+    match split(node, class, transpose_b) {
+        None => vec![launch(None)],
+        Some(rows) => {
+            let (bd, bs) = node.input(1);
+            let row = row_bytes(bd, bs[1]) as u64;
+            chunks(bs[0], rows)
+                .into_iter()
+                .map(|(n0, nc)| launch(Some((n0 as u64 * row, (nc as u64 * row).div_ceil(4) * 4))))
+                .collect()
+        }
+    }
+}
+
+pub(super) fn bind(
+    node: &NodeView<'_>,
+    class: &Class,
+    (ta, tb): (bool, bool),
+    launches: usize,
+    run: &RunValues<'_>,
+) -> Vec<Go> {
+    let out = (node.dtype, node.shape);
+    if super::count(out.1) == 0 {
+        return (0..launches).map(|_| Go::Skip).collect();
+    }
+    let tiles = tiles_for(class);
+    let (a, b) = (node.input(0), node.input(1));
+    let Some(rows) = split(node, class, tb) else {
+        let (p, g, class) = matmul_params(tiles, a, b, out, ta, tb, run.keys, None);
+        return vec![Go::new(class, &p, g)];
+    };
+    // Weight [N, K] bound `rows` rows at a time (fixed shape: the same chunks as at compile);
+    // each launch fills its columns.
+    chunks(b.1[0], rows)
+        .into_iter()
+        .map(|(n0, nc)| {
+            let chunk = [nc, b.1[1]];
+            let (p, g, class) =
+                matmul_params(tiles, a, (b.0, &chunk), out, ta, tb, run.keys, Some((n0, nc)));
+            Go::new(class, &p, g)
+        })
+        .collect()
 }

@@ -1,36 +1,299 @@
-//! Host side of the kernel families: the `#[repr(C)]` params uniforms (matching the WGSL
-//! structs), pipeline keys with their override constants, and grid sizes. Shapes travel in the
-//! params, so a new bound length reuses the pipeline (settled decision 2).
+//! Kernel families as launch planners (settled decision 11). Each `<family>.rs` owns one family:
+//! its params struct (mirroring the WGSL one), its pipeline keys and override constants (with
+//! `all_keys()` for the naga test), its `supports` rule, and a planner in two halves:
+//!
+//! - `plan`, at compile: from the node with its operands' shapes (symbols at their maxima),
+//!   dtypes and the adapter's [`Class`], the launches, each with candidate pipeline keys (kernel
+//!   classes that share one binding list), a params size and a typed binding list;
+//! - `bind`, at each run: from the bound sizes, one [`Go`] per planned launch (which class,
+//!   params bytes and grid, or skip). The launch count is fixed at compile.
+//!
+//! `program.rs` and `run.rs` derive bind-group layouts from the binding lists and never look at
+//! the op. This file is the one place that names each op's family (exhaustive matches, no `_`).
 
-use bytemuck::{Pod, Zeroable};
-
-use super::context::{PipelineKey, Shader};
-use super::layout::{code, geometry};
-use crate::shape::broadcast_strides;
-use crate::dtype::DType;
-
+mod cast;
+mod elementwise;
 mod matmul;
-use crate::ir::{BinaryOp, ReduceOp, UnaryOp};
-pub(crate) use matmul::*;
+mod reduce;
+mod state;
+
+use super::context::PipelineKey;
+use super::layout::{device_bytes, geometry};
+use crate::dtype::{DType, Rounding};
+use crate::error::Result;
+use crate::ir::Op;
+use crate::shape::Bindings;
 
 /// Invocations per workgroup of the one-word-per-invocation kernels.
 pub(crate) const WG: u32 = 256;
 const MAX_GROUPS: u32 = 65535;
 
-/// A 1-D grid of `words` invocations folded into 2-D when it exceeds the per-dimension limit:
-/// (workgroups x, y, invocations per row).
-pub(crate) fn grid(words: u32) -> ([u32; 3], u32) {
-    let groups = words.div_ceil(WG).max(1);
-    if groups <= MAX_GROUPS {
-        ([groups, 1, 1], groups * WG)
-    } else {
-        (
-            [MAX_GROUPS, groups.div_ceil(MAX_GROUPS), 1],
-            MAX_GROUPS * WG,
-        )
+/// What planners know about the adapter.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Class {
+    /// Kernels for CPU-emulated adapters (no workgroup memory); false on GPUs and under
+    /// `POLYTENSOR_KERNELS=gpu`.
+    pub cpu: bool,
+    /// Subgroup sizes (min, max) when the adapter has subgroup operations.
+    pub subgroups: Option<(u32, u32)>,
+    pub max_invocations: u32,
+    pub workgroup_bytes: u32,
+    /// Largest storage binding, in bytes.
+    pub binding_limit: u64,
+    /// `min_storage_buffer_offset_alignment`.
+    pub offset_align: u64,
+}
+
+/// Which buffer a binding refers to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Buf {
+    /// The value of the node's operand `k`.
+    Operand(usize),
+    /// The node's own value.
+    Out,
+    /// A session state, by name (written in place).
+    State(String),
+}
+
+/// One storage binding of a launch: binding `i` of the list is `@binding(i)` in the WGSL, and
+/// the params uniform follows the last one.
+#[derive(Clone, Debug)]
+pub(crate) struct Binding {
+    pub buf: Buf,
+    pub read_only: bool,
+    /// A byte range (offset, size) instead of the whole buffer.
+    pub range: Option<(u64, u64)>,
+}
+
+impl Binding {
+    pub(crate) fn read(buf: Buf) -> Binding {
+        Binding {
+            buf,
+            read_only: true,
+            range: None,
+        }
+    }
+    pub(crate) fn write(buf: Buf) -> Binding {
+        Binding {
+            buf,
+            read_only: false,
+            range: None,
+        }
     }
 }
 
+/// One planned launch.
+#[derive(Clone, Debug)]
+pub(crate) struct Launch {
+    /// Candidate kernel classes (the run half picks one); they share the binding list.
+    pub keys: Vec<PipelineKey>,
+    /// Bytes of the params uniform.
+    pub params_size: u64,
+    pub bindings: Vec<Binding>,
+}
+
+/// A node as a planner sees it: shapes are the symbols' maxima at compile and the bound sizes
+/// at each run.
+pub(crate) struct NodeView<'a> {
+    pub op: &'a Op,
+    pub dtype: DType,
+    pub rounding: Rounding,
+    pub shape: &'a [usize],
+    pub inputs: Vec<(DType, &'a [usize])>,
+    /// Whether each operand's shape is fixed (no symbols).
+    pub fixed: Vec<bool>,
+}
+
+impl NodeView<'_> {
+    fn sr(&self) -> bool {
+        matches!(self.rounding, Rounding::Stochastic { .. })
+    }
+    fn input(&self, k: usize) -> (DType, &[usize]) {
+        self.inputs[k]
+    }
+}
+
+/// Per-run values a planner's run half may need.
+pub(crate) struct RunValues<'a> {
+    pub bindings: &'a Bindings,
+    /// The node's stochastic-rounding keys for this run ([0, 0] for round to nearest even).
+    pub keys: [u32; 2],
+}
+
+/// What one planned launch does in this run.
+#[derive(Debug)]
+pub(crate) enum Go {
+    /// Nothing to compute (an empty output).
+    Skip,
+    Dispatch {
+        /// Index into the launch's candidate keys.
+        class: usize,
+        params: Vec<u8>,
+        grid: [u32; 3],
+        /// Elements this launch writes into a persistent state (run statistics).
+        state_elements: u64,
+    },
+}
+
+impl Go {
+    fn new<P: bytemuck::Pod>(class: usize, params: &P, grid: [u32; 3]) -> Go {
+        Go::Dispatch {
+            class,
+            params: bytemuck::bytes_of(params).to_vec(),
+            grid,
+            state_elements: 0,
+        }
+    }
+}
+
+/// What a node's value is, for the program planner.
+pub(crate) enum Value<'a> {
+    Input(&'a str),
+    Weight(&'a str),
+    /// The state itself (a read).
+    State(&'a str),
+    Constant(&'a [f64]),
+    /// Computed into a buffer of the program by the node's launches.
+    Computed,
+    /// Computed in place into the state `name`; the value is the state after the write.
+    WrittenState(&'a str),
+}
+
+/// The node's value kind.
+pub(crate) fn value(op: &Op) -> Value<'_> {
+    match op {
+        Op::Input { name } => Value::Input(name),
+        Op::Weight { name } => Value::Weight(name),
+        Op::State { name } => Value::State(name),
+        Op::Constant { values } => Value::Constant(values),
+        Op::WriteState { name, .. } => Value::WrittenState(name),
+        Op::MatMul { .. } | Op::Unary(_) | Op::Binary(_) | Op::Reduce { .. } | Op::Cast { .. } => {
+            Value::Computed
+        }
+    }
+}
+
+/// Whether the adapter can run `node` (`Err` holds the reason).
+pub(crate) fn supports(node: &NodeView<'_>, class: &Class) -> std::result::Result<(), String> {
+    match node.op {
+        // A source is bound only by the launches that read it: they check it (a weight may be
+        // split over bindings by its reader).
+        Op::Input { .. } | Op::Weight { .. } | Op::State { .. } | Op::Constant { .. } => Ok(()),
+        Op::WriteState { .. } => state::supports(node, class),
+        Op::MatMul { .. } => matmul::supports(node, class),
+        Op::Unary(_) | Op::Binary(_) => elementwise::supports(node, class),
+        Op::Reduce { .. } => reduce::supports(node, class),
+        Op::Cast { .. } => cast::supports(node, class),
+    }
+}
+
+/// The launches of `node` (none for sources).
+pub(crate) fn plan(node: &NodeView<'_>, class: &Class) -> Result<Vec<Launch>> {
+    match node.op {
+        Op::Input { .. } | Op::Weight { .. } | Op::State { .. } | Op::Constant { .. } => {
+            Ok(vec![])
+        }
+        Op::WriteState { name, .. } => Ok(state::plan(node, name)),
+        Op::MatMul { transpose_b, .. } => Ok(matmul::plan(node, class, *transpose_b)),
+        Op::Unary(u) => Ok(elementwise::plan(node, elementwise::Kind::Unary(*u))),
+        Op::Binary(b) => Ok(elementwise::plan(node, elementwise::Kind::Binary(*b))),
+        Op::Reduce { op, .. } => Ok(reduce::plan(node, class, *op)),
+        Op::Cast { .. } => Ok(cast::plan(node)),
+    }
+}
+
+/// One [`Go`] per launch `plan` gave, under this run's sizes.
+pub(crate) fn bind(
+    node: &NodeView<'_>,
+    class: &Class,
+    launches: usize,
+    run: &RunValues<'_>,
+) -> Result<Vec<Go>> {
+    match node.op {
+        Op::Input { .. } | Op::Weight { .. } | Op::State { .. } | Op::Constant { .. } => {
+            Ok(vec![])
+        }
+        Op::WriteState {
+            name, axis, offset, ..
+        } => state::bind(node, name, *axis, offset, run).map(|g| vec![g]),
+        Op::MatMul {
+            transpose_a,
+            transpose_b,
+        } => Ok(matmul::bind(
+            node,
+            class,
+            (*transpose_a, *transpose_b),
+            launches,
+            run,
+        )),
+        Op::Unary(_) | Op::Binary(_) => Ok(vec![elementwise::bind(node, run)]),
+        Op::Reduce { axis, .. } => Ok(vec![reduce::bind(node, class, *axis, run)]),
+        Op::Cast { .. } => Ok(vec![cast::bind(node, run)]),
+    }
+}
+
+/// Every pipeline key any planner can produce, for validation with naga.
+pub(crate) fn all_keys() -> Vec<PipelineKey> {
+    let mut keys = elementwise::all_keys();
+    keys.extend(cast::all_keys());
+    keys.extend(reduce::all_keys());
+    keys.extend(state::all_keys());
+    keys.extend(matmul::all_keys());
+    keys
+}
+
+/// Checks every tensor of `node` against the binding limit (operands listed in `may_split` are
+/// the planner's business) and the kernels' rank limit.
+fn fits(node: &NodeView<'_>, class: &Class, may_split: &[usize]) -> std::result::Result<(), String> {
+    let limit = class.binding_limit;
+    let all = std::iter::once((usize::MAX, node.dtype, node.shape)).chain(
+        node.inputs
+            .iter()
+            .enumerate()
+            .map(|(k, &(d, s))| (k, d, s)),
+    );
+    for (k, dtype, shape) in all {
+        if shape.len() > 8 {
+            return Err(format!("rank {} over the kernels' maximum 8", shape.len()));
+        }
+        let bytes = device_bytes(dtype, shape);
+        if bytes > limit && !may_split.contains(&k) {
+            return Err(format!(
+                "a {dtype}{} tensor needs {bytes} bytes, over the storage binding limit {limit}",
+                crate::shape::fmt_dims(shape)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The `ROUND` override: stochastic rounding only matters for 16-bit outputs.
+pub(crate) fn round_code(out: DType, sr: bool) -> u32 {
+    u32::from(sr && out.size_of() == 2 && out.is_float())
+}
+
+/// `n` workgroups folded into 2-D when over the per-dimension limit: (grid, groups per row).
+fn fold(n: u32) -> ([u32; 3], u32) {
+    let n = n.max(1);
+    if n <= MAX_GROUPS {
+        ([n, 1, 1], n)
+    } else {
+        ([MAX_GROUPS, n.div_ceil(MAX_GROUPS), 1], MAX_GROUPS)
+    }
+}
+
+/// A grid of `items` invocations in workgroups of `wg`: (grid, invocations per grid row).
+pub(crate) fn grid_of(items: u32, wg: u32) -> ([u32; 3], u32) {
+    let (g, per_row) = fold(items.div_ceil(wg));
+    (g, per_row * wg)
+}
+
+/// A 1-D grid of `words` invocations of the WG-wide kernels.
+pub(crate) fn grid(words: u32) -> ([u32; 3], u32) {
+    grid_of(words, WG)
+}
+
+/// Output words of a tensor (16-bit packs two per word, rows at the even pitch).
 fn words_of(dtype: DType, shape: &[usize]) -> u32 {
     let (_, _, phys) = geometry(dtype, shape);
     let per = if dtype.size_of() == 2 { 2 } else { 1 };
@@ -45,272 +308,6 @@ fn fill8(v: &[usize]) -> [u32; 8] {
     out
 }
 
-/// elementwise.wgsl's `Params`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub(crate) struct EwParams {
-    dims: [u32; 8],
-    sa: [u32; 8],
-    sb: [u32; 8],
-    rank: u32,
-    out_last: u32,
-    out_pitch: u32,
-    words: u32,
-    a_last: u32,
-    a_pitch: u32,
-    b_last: u32,
-    b_pitch: u32,
-    row_words: u32,
-    ka: u32,
-    kb: u32,
-    pad: u32,
-}
-
-/// Which elementwise entry point.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Ew {
-    Unary(UnaryOp),
-    Binary(BinaryOp),
-    Cast,
-}
-
-/// The `ROUND` override: stochastic rounding only matters for 16-bit outputs.
-pub(super) fn round_code(out: DType, sr: bool) -> u32 {
-    u32::from(sr && out.size_of() == 2 && out.is_float())
-}
-
-pub(crate) fn elementwise_key(kind: Ew, a: DType, b: DType, out: DType, sr: bool) -> PipelineKey {
-    let (entry, op) = match kind {
-        Ew::Unary(u) => (
-            "unary",
-            UnaryOp::ALL.iter().position(|&x| x == u).unwrap_or(0) as u32,
-        ),
-        Ew::Binary(o) => (
-            "binary",
-            BinaryOp::ALL.iter().position(|&x| x == o).unwrap_or(0) as u32,
-        ),
-        Ew::Cast => ("convert", 0),
-    };
-    PipelineKey {
-        shader: Shader::Elementwise,
-        entry,
-        constants: vec![
-            ("DT_A", code(a)),
-            ("DT_B", code(b)),
-            ("DT_OUT", code(out)),
-            ("OP", op),
-            ("WG", WG),
-            ("ROUND", round_code(out, sr)),
-        ],
-    }
-}
-
-/// Params and grid for out = f(a, b) with `b` absent for unary ops and casts.
-pub(crate) fn elementwise_params(
-    a: (DType, &[usize]),
-    b: Option<(DType, &[usize])>,
-    out: (DType, &[usize]),
-    keys: [u32; 2],
-) -> (EwParams, [u32; 3]) {
-    let (od, os) = out;
-    let (ol, op, _) = geometry(od, os);
-    let (al, ap, _) = geometry(a.0, a.1);
-    let sa = broadcast_strides(a.1, os);
-    let (bl, bp, sb) = match b {
-        Some((bd, bs)) => {
-            let (l, p, _) = geometry(bd, bs);
-            (l, p, broadcast_strides(bs, os))
-        }
-        None => (1, 1, vec![0; os.len()]),
-    };
-    let words = words_of(od, os);
-    let (g, row_words) = grid(words);
-    // Operands of the output's own shape need no index arithmetic (rank 0 tells the kernel).
-    let same = a.1 == os && b.is_none_or(|(_, bs)| bs == os);
-    let p = EwParams {
-        dims: fill8(os),
-        sa: fill8(&sa),
-        sb: fill8(&sb),
-        rank: if same { 0 } else { os.len() as u32 },
-        out_last: ol as u32,
-        out_pitch: op as u32,
-        words,
-        a_last: al as u32,
-        a_pitch: ap as u32,
-        b_last: bl as u32,
-        b_pitch: bp as u32,
-        row_words,
-        ka: keys[0],
-        kb: keys[1],
-        pad: 0,
-    };
-    (p, g)
-}
-
-/// reduce.wgsl's `Params`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub(crate) struct ReduceParams {
-    outer: u32,
-    len: u32,
-    inner: u32,
-    words: u32,
-    x_last: u32,
-    x_pitch: u32,
-    out_last: u32,
-    out_pitch: u32,
-    row_words: u32,
-    ka: u32,
-    kb: u32,
-    pad: u32,
-}
-
-pub(crate) fn reduce_key(op: ReduceOp, x: DType, out: DType, sr: bool) -> PipelineKey {
-    let op = match op {
-        ReduceOp::Sum => 0,
-        ReduceOp::Max => 1,
-        ReduceOp::Mean => 2,
-    };
-    PipelineKey {
-        shader: Shader::Reduce,
-        entry: "reduce",
-        constants: vec![
-            ("DT_X", code(x)),
-            ("DT_OUT", code(out)),
-            ("OP", op),
-            ("WG", WG),
-            ("ROUND", round_code(out, sr)),
-        ],
-    }
-}
-
-pub(crate) fn reduce_params(
-    x: (DType, &[usize]),
-    out: (DType, &[usize]),
-    axis: usize,
-    keys: [u32; 2],
-) -> (ReduceParams, [u32; 3]) {
-    let xs = x.1;
-    let outer: usize = xs[..axis].iter().product();
-    let inner: usize = xs[axis + 1..].iter().product();
-    let (xl, xp, _) = geometry(x.0, xs);
-    let (ol, op, _) = geometry(out.0, out.1);
-    let words = words_of(out.0, out.1);
-    let (g, row_words) = grid(words);
-    let p = ReduceParams {
-        outer: outer as u32,
-        len: xs[axis] as u32,
-        inner: inner as u32,
-        words,
-        x_last: xl as u32,
-        x_pitch: xp as u32,
-        out_last: ol as u32,
-        out_pitch: op as u32,
-        row_words,
-        ka: keys[0],
-        kb: keys[1],
-        pad: 0,
-    };
-    (p, g)
-}
-
-/// state.wgsl's `Params`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub(crate) struct StateParams {
-    s_len: u32,
-    v_len: u32,
-    inner: u32,
-    offset: u32,
-    words: u32,
-    s_last: u32,
-    s_pitch: u32,
-    v_last: u32,
-    v_pitch: u32,
-    row_words: u32,
-    pad: [u32; 2],
-}
-
-pub(crate) fn state_key(dtype: DType) -> PipelineKey {
-    PipelineKey {
-        shader: Shader::State,
-        entry: "write_state",
-        constants: vec![("DT", code(dtype)), ("WG", WG)],
-    }
-}
-
-pub(crate) fn state_params(
-    dtype: DType,
-    state: &[usize],
-    value: &[usize],
-    axis: usize,
-    offset: usize,
-) -> (StateParams, [u32; 3]) {
-    let inner: usize = state[axis + 1..].iter().product();
-    let (sl, sp, _) = geometry(dtype, state);
-    let (vl, vp, _) = geometry(dtype, value);
-    let words = words_of(dtype, state);
-    let (g, row_words) = grid(words);
-    let p = StateParams {
-        s_len: state[axis] as u32,
-        v_len: value[axis] as u32,
-        inner: inner as u32,
-        offset: offset as u32,
-        words,
-        s_last: sl as u32,
-        s_pitch: sp as u32,
-        v_last: vl as u32,
-        v_pitch: vp as u32,
-        row_words,
-        pad: [0; 2],
-    };
-    (p, g)
-}
-
-/// widen.wgsl's `Params`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub(crate) struct WidenParams {
-    count: u32,
-    row_words: u32,
-    pad: [u32; 2],
-}
-
-pub(crate) fn widen_key(from: DType) -> PipelineKey {
-    PipelineKey {
-        shader: Shader::Widen,
-        entry: "widen",
-        constants: vec![("DT_A", code(from)), ("WG", 64)],
-    }
-}
-
-/// Whether a cast of `shape` from `from` to `to` can use widen.wgsl (16-bit → f32, contiguous,
-/// a multiple of 8 elements).
-pub(crate) fn widens(from: DType, to: DType, shape: &[usize]) -> bool {
-    let n: usize = shape.iter().product();
-    from.size_of() == 2
-        && to == DType::F32
-        && shape.last().is_some_and(|l| l % 2 == 0)
-        && n.is_multiple_of(8)
-}
-
-pub(crate) fn widen_params(shape: &[usize]) -> (WidenParams, [u32; 3]) {
-    let count = (shape.iter().product::<usize>() / 8) as u32;
-    let groups = count.div_ceil(64).max(1);
-    let (g, row_words) = if groups <= MAX_GROUPS {
-        ([groups, 1, 1], groups * 64)
-    } else {
-        (
-            [MAX_GROUPS, groups.div_ceil(MAX_GROUPS), 1],
-            MAX_GROUPS * 64,
-        )
-    };
-    (
-        WidenParams {
-            count,
-            row_words,
-            pad: [0; 2],
-        },
-        g,
-    )
+fn count(shape: &[usize]) -> usize {
+    shape.iter().product()
 }
