@@ -1,9 +1,12 @@
 //! wgpu backend benchmark on every adapter: matmul GFLOP/s (f32, f16, bf16; n = 256…2048), the
 //! first call of a new shape (cold: first pipeline build in the process; warm: pipelines cached),
 //! and the overhead of a one-op `Session::run` with readback next to a raw wgpu submit-and-wait of
-//! the same tiny kernel, measured in the same run.
+//! the same tiny kernel, measured in the same run; and the cost per launch: 256 dependent tiny
+//! adds in one `Session::run` against raw wgpu doing 256 dependent dispatches of an add pipeline
+//! in one pass and one submission, in the same run.
 //!
-//! Run: `cargo bench --bench gpu` (`-- 1024` for one size; `POLYTENSOR_BENCH_SECS` per point).
+//! Run: `cargo bench --bench gpu` (`-- 1024` for one size, `-- launch` for the launch-cost rows
+//! only; `POLYTENSOR_BENCH_SECS` per point).
 //! A custom harness rather than criterion: one lavapipe matmul at n = 2048 takes seconds.
 
 use std::time::{Duration, Instant};
@@ -53,6 +56,103 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {
     if (g.x < arrayLength(&c)) { c[g.x] = a[g.x] + b[g.x]; }
 }
 "#;
+
+/// Raw wgpu: `chain` dependent dispatches of a 64-element add (c = a + b, ping-ponging two
+/// buffers) in one compute pass and one submission, then a readback. Median seconds per run.
+fn raw_chain(adapter: &wgpu::Adapter, chain: usize, budget: Duration) -> f64 {
+    let (device, queue) =
+        pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default()))
+            .expect("device");
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: None,
+        source: wgpu::ShaderSource::Wgsl(TINY.into()),
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: None,
+        layout: None,
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let mk = |usage| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: 256,
+            usage,
+            mapped_at_creation: false,
+        })
+    };
+    let st =
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+    let (x, p0, p1) = (mk(st), mk(st), mk(st));
+    let staging = mk(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+    let bind = |from: &wgpu::Buffer, to: &wgpu::Buffer| {
+        device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &[
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: from.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: x.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 2,
+                    resource: to.as_entire_binding(),
+                },
+            ],
+        })
+    };
+    let groups = [bind(&p0, &p1), bind(&p1, &p0)];
+    let ones = vec![1f32; 64];
+    median(budget, || {
+        queue.write_buffer(&x, 0, bytemuck::cast_slice(&ones));
+        queue.write_buffer(&p0, 0, bytemuck::cast_slice(&ones));
+        let mut enc = device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&pipeline);
+            for i in 0..chain {
+                pass.set_bind_group(0, &groups[i % 2], &[]);
+                pass.dispatch_workgroups(1, 1, 1);
+            }
+        }
+        let last = if chain % 2 == 1 { &p1 } else { &p0 };
+        enc.copy_buffer_to_buffer(last, 0, &staging, 0, 256);
+        queue.submit([enc.finish()]);
+        staging.map_async(wgpu::MapMode::Read, .., |r| r.expect("map"));
+        device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .expect("poll");
+        let out: Vec<f32> =
+            bytemuck::pod_collect_to_vec(&staging.get_mapped_range(..).expect("range"));
+        staging.unmap();
+        assert_eq!(out[0], 1.0 + chain as f32);
+    })
+}
+
+/// polytensor: `chain` dependent adds (y = y + x) in one graph, one `Session::run` with readback.
+fn session_chain(device: &Device, chain: usize, budget: Duration) -> f64 {
+    let x = Tensor::new(&[64], vec![1f32; 64]).expect("x");
+    let mut g = Graph::new();
+    let xi = g.input("x", [64], DType::F32);
+    let mut y = xi;
+    for _ in 0..chain {
+        y = g.add(y, xi).expect("add");
+    }
+    g.output("y", y).expect("out");
+    let mut s = Session::new(device);
+    s.set_fallback(FallbackPolicy::Deny);
+    let p = s.compile(&g).expect("compile");
+    median(budget, || {
+        let out = s.run(&p, &[("x", x.view())], &[]).expect("run");
+        assert_eq!(out.get("y").expect("y").to_f32_vec()[0], 1.0 + chain as f32);
+    })
+}
 
 /// A raw wgpu submit-and-wait of a 64-element add: write the inputs, dispatch, copy to a
 /// staging buffer, map, wait, read. The floor any runtime on this adapter pays per run.
@@ -128,6 +228,7 @@ fn raw_submit_and_wait(adapter: &wgpu::Adapter, budget: Duration) -> f64 {
 
 fn main() {
     let filter: Option<usize> = std::env::args().skip(1).find_map(|a| a.parse().ok());
+    let launch_only = std::env::args().skip(1).any(|a| a == "launch");
     let secs: f64 = std::env::var("POLYTENSOR_BENCH_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -148,11 +249,28 @@ fn main() {
     let instance =
         wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
-    println!("| device | dtype | n | first call (ms) | median (ms) | GFLOP/s |");
-    println!("|---|---|---|---|---|---|");
+    if !launch_only {
+        println!("| device | dtype | n | first call (ms) | median (ms) | GFLOP/s |");
+        println!("|---|---|---|---|---|---|");
+    }
     let mut overhead = Vec::new();
+    let mut launches = Vec::new();
     for device in &gpus {
         let name = device.info().name.clone();
+        let adapter = adapters
+            .iter()
+            .find(|a| {
+                name.starts_with(&a.get_info().name) && name.contains(&format!("[{}]", api(a)))
+            })
+            .expect("same adapter");
+        // Launch cost, measured in the same run: 256 dependent launches, per launch.
+        const CHAIN: usize = 256;
+        let ours = session_chain(device, CHAIN, budget) / CHAIN as f64;
+        let raw = raw_chain(adapter, CHAIN, budget) / CHAIN as f64;
+        launches.push((name.clone(), ours, raw));
+        if launch_only {
+            continue;
+        }
         for dtype in [DType::F32, DType::F16, DType::BF16] {
             for &n in &sizes {
                 let a = Tensor::from_f32(&[n, n], data(n * n, 1), dtype).expect("a");
@@ -190,14 +308,12 @@ fn main() {
             s.run(&p, &[("a", x.view()), ("b", x.view())], &[])
                 .expect("run");
         });
-        let adapter = adapters
-            .iter()
-            .find(|a| {
-                name.starts_with(&a.get_info().name) && name.contains(&format!("[{}]", api(a)))
-            })
-            .expect("same adapter");
         let raw = raw_submit_and_wait(adapter, budget);
         overhead.push((name, ours, raw));
+    }
+    print_launch_costs(&launches);
+    if launch_only {
+        return;
     }
     println!(
         "\n| device | one-op Session::run + readback (µs) | raw wgpu submit + wait (µs) | ratio |"
@@ -206,6 +322,21 @@ fn main() {
     for (name, ours, raw) in overhead {
         println!(
             "| {name} | {:.0} | {:.0} | {:.2} |",
+            ours * 1e6,
+            raw * 1e6,
+            ours / raw
+        );
+    }
+}
+
+fn print_launch_costs(rows: &[(String, f64, f64)]) {
+    println!(
+        "\n| device | per launch, 256 adds in one Session::run (µs) | per dispatch, raw wgpu one pass (µs) | ratio |"
+    );
+    println!("|---|---|---|---|");
+    for (name, ours, raw) in rows {
+        println!(
+            "| {name} | {:.1} | {:.1} | {:.2} |",
             ours * 1e6,
             raw * 1e6,
             ours / raw

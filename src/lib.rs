@@ -40,7 +40,7 @@ pub mod session;
 pub mod shape;
 pub mod tensor;
 
-pub use backend::{Backend, Device, DeviceInfo, DeviceType, RunStats, register_device};
+pub use backend::{Backend, Device, DeviceInfo, DeviceType, LaunchStat, RunStats, register_device};
 pub use dtype::{DType, Rounding};
 pub use error::{Error, Result};
 pub use ir::passes::Precision;

@@ -109,6 +109,15 @@ pub trait DeviceBuffer: Send + Sync + Any {
     }
 }
 
+/// One kernel launch of a run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaunchStat {
+    /// `shader/entry`, with `+aligned` for an aligned variant.
+    pub kernel: Arc<str>,
+    /// Workgroups dispatched in x, y, z.
+    pub grid: [u32; 3],
+}
+
 /// What a compile or a run did, counted (not timed): tests assert cost with these, benchmarks
 /// time it. Backends fill what applies to them; the rest stays zero.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -117,8 +126,8 @@ pub struct RunStats {
     pub pipelines_built: u64,
     /// Bind groups created.
     pub bind_groups_created: u64,
-    /// Kernel launches, each with its grid of workgroups.
-    pub launches: Vec<[u32; 3]>,
+    /// Kernel launches, in order: which kernel and its grid of workgroups.
+    pub launches: Vec<LaunchStat>,
     /// Compute passes recorded.
     pub passes: u64,
     /// Bytes written from the host into device memory (inputs, params, state writes).
@@ -198,6 +207,10 @@ pub trait Backend: Send + Sync {
     }
     /// Compiles a validated graph whose every node this backend supports.
     fn compile(&self, graph: &Graph) -> Result<Box<dyn Program>>;
+    /// The backend itself, for a downcast by code that knows its type (tests, tools).
+    fn as_any(&self) -> Option<&dyn Any> {
+        None
+    }
 }
 
 /// A device: a backend and its description. Cheap to clone.

@@ -7,10 +7,10 @@ use std::borrow::Cow;
 use rayon::prelude::*;
 
 use super::{matmul, split_axis};
-use crate::shape::broadcast_strides;
 use crate::dtype::{DType, Rounding};
 use crate::error::{Error, Result};
 use crate::ir::{Node, Op, ReduceOp};
+use crate::shape::broadcast_strides;
 use crate::tensor::{Storage, StorageRef};
 
 /// Elements per rayon task for elementwise work.

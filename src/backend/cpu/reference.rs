@@ -4,12 +4,12 @@
 
 use half::{bf16, f16};
 
-use crate::shape::broadcast_strides;
 use super::{Plan, cpu_buffer, resolve_offset, split_axis, write_state};
 use crate::backend::RunArgs;
 use crate::dtype::{DType, Rounding};
 use crate::error::{Error, Result};
 use crate::ir::{Node, Op, ReduceOp};
+use crate::shape::broadcast_strides;
 use crate::tensor::{Storage, Tensor};
 
 /// Rounds an f64 to what `dtype` stores, returned as f64.

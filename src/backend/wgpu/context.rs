@@ -203,18 +203,15 @@ impl Ctx {
         let mut entries: Vec<_> = sig
             .iter()
             .enumerate()
-            .map(|(i, &read_only)| {
-                entry(i as u32, wgpu::BufferBindingType::Storage { read_only })
-            })
+            .map(|(i, &read_only)| entry(i as u32, wgpu::BufferBindingType::Storage { read_only }))
             .collect();
         entries.push(entry(sig.len() as u32, wgpu::BufferBindingType::Uniform));
-        let layout = Arc::new(
-            self.device
-                .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                    label: None,
-                    entries: &entries,
-                }),
-        );
+        let layout = Arc::new(self.device.create_bind_group_layout(
+            &wgpu::BindGroupLayoutDescriptor {
+                label: None,
+                entries: &entries,
+            },
+        ));
         lock(&self.layouts).insert(sig.clone(), layout.clone());
         layout
     }
@@ -226,7 +223,10 @@ impl Ctx {
             return Ok(p.clone());
         }
         if self.debug {
-            eprintln!("[polytensor] pipeline {}/{} {:?}", key.shader.name, key.entry, key.constants);
+            eprintln!(
+                "[polytensor] pipeline {}/{} {:?}",
+                key.shader.name, key.entry, key.constants
+            );
         }
         if key.shader.subgroups && self.subgroups.is_none() {
             return Err(self.err(format!(

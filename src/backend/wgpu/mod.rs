@@ -254,6 +254,10 @@ impl Backend for WgpuBackend {
         }))
     }
 
+    fn as_any(&self) -> Option<&dyn Any> {
+        Some(self)
+    }
+
     fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Arc<dyn DeviceBuffer>> {
         let ctx = self.ctx()?;
         let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
@@ -300,6 +304,28 @@ impl Backend for WgpuBackend {
         };
         Ok(Box::new(program::WgpuProgram::new(ctx, graph, self.class)?))
     }
+}
+
+/// Test hook: makes wgpu report a validation error inside a run's error scope on `device`'s
+/// wgpu device (a bind group missing its entries), and returns what that scope caught. Other
+/// sessions on the device must not see the error.
+#[doc(hidden)]
+pub fn validation_error_in_a_run(device: &Device) -> Result<()> {
+    let backend = device
+        .backend()
+        .as_any()
+        .and_then(|b| b.downcast_ref::<WgpuBackend>())
+        .ok_or_else(|| Error::Unsupported("not a wgpu device".to_string()))?;
+    let ctx = backend.ctx()?;
+    ctx.scoped(|| {
+        let layout = ctx.layout(&vec![true]);
+        let _ = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("deliberately invalid"),
+            layout: &layout,
+            entries: &[],
+        });
+        Ok(())
+    })
 }
 
 /// `POLYTENSOR_KERNELS`: `gpu` forces the kernel classes meant for real GPUs (workgroup

@@ -47,8 +47,8 @@ pub(super) enum Res {
 
 /// One planned launch, ready to bind and dispatch.
 pub(super) struct Planned {
-    /// The candidate pipelines (kernel classes), all with `layout`.
-    pub pipelines: Vec<Arc<Pipeline>>,
+    /// The candidate pipelines (kernel classes), all with `layout`, with their names.
+    pub pipelines: Vec<(Arc<Pipeline>, Arc<str>)>,
     pub layout: Arc<wgpu::BindGroupLayout>,
     /// Each storage binding: the buffer and an optional byte range.
     pub resources: Vec<(Res, Option<(u64, u64)>)>,
@@ -234,7 +234,16 @@ impl WgpuProgram {
                 let pipelines = l
                     .keys
                     .iter()
-                    .map(|k| ctx.pipeline(k, &sig))
+                    .map(|k| {
+                        let aligned = k.constants.contains(&("ALIGNED", 1));
+                        let name = format!(
+                            "{}/{}{}",
+                            k.shader.name,
+                            k.entry,
+                            if aligned { "+aligned" } else { "" }
+                        );
+                        Ok((ctx.pipeline(k, &sig)?, Arc::from(name)))
+                    })
                     .collect::<Result<Vec<_>>>()?;
                 let resources = l
                     .bindings

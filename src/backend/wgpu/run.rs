@@ -7,10 +7,11 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 
 use super::WgpuBuffer;
+use super::context::Pipeline;
 use super::kernels::{self, Go, RunValues};
 use super::layout::{device_bytes, from_device, to_device};
 use super::program::{Res, RunState, Slot, Step, WgpuProgram, view};
-use crate::backend::{DeviceBuffer, Pending, Program, RunArgs, RunStats};
+use crate::backend::{DeviceBuffer, LaunchStat, Pending, Program, RunArgs, RunStats};
 use crate::dtype::Rounding;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -76,11 +77,13 @@ impl WgpuProgram {
                 .map(|(b, ((_, range), buf))| wgpu::BindGroupEntry {
                     binding: b as u32,
                     resource: match range {
-                        Some((offset, size)) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                            buffer: buf,
-                            offset: *offset,
-                            size: std::num::NonZeroU64::new(*size),
-                        }),
+                        Some((offset, size)) => {
+                            wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                buffer: buf,
+                                offset: *offset,
+                                size: std::num::NonZeroU64::new(*size),
+                            })
+                        }
                         None => buf.as_entire_binding(),
                     },
                 })
@@ -93,11 +96,14 @@ impl WgpuProgram {
                     size: std::num::NonZeroU64::new(l.params_size),
                 }),
             });
-            let bg = self.ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: None,
-                layout: &l.layout,
-                entries: &entries,
-            });
+            let bg = self
+                .ctx
+                .device
+                .create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: None,
+                    layout: &l.layout,
+                    entries: &entries,
+                });
             self.ctx.bind_groups_created.fetch_add(1, Ordering::Relaxed);
             stats.bind_groups_created += 1;
             *slot = Some((bufs, bg));
@@ -125,14 +131,21 @@ impl WgpuProgram {
             };
             let n = &nodes[*node];
             let keys = match n.rounding {
-                Rounding::Stochastic { stream } => crate::rng::sr_keys(args.seed, stream, args.counter),
+                Rounding::Stochastic { stream } => {
+                    crate::rng::sr_keys(args.seed, stream, args.counter)
+                }
                 Rounding::NearestEven => [0, 0],
             };
             let run = RunValues {
                 bindings: args.bindings,
                 keys,
             };
-            let planned = kernels::bind(&view(&self.graph, *node, shapes), &self.class, range.len(), &run)?;
+            let planned = kernels::bind(
+                &view(&self.graph, *node, shapes),
+                &self.class,
+                range.len(),
+                &run,
+            )?;
             if planned.len() != range.len() {
                 return Err(Error::InvalidGraph(format!(
                     "%{node} ({}): {} launches planned, {} bound",
@@ -172,15 +185,24 @@ impl WgpuProgram {
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("run") });
         let mut pass: Option<wgpu::ComputePass<'static>> = None;
+        // The pipeline last set in the open pass (set again only when it changes).
+        let mut current: Option<*const Pipeline> = None;
         for step in &self.steps {
             match step {
                 Step::Upload { .. } => {}
                 Step::Snapshot { node, name } => {
                     // A copy cannot sit inside a compute pass: end the current one.
                     drop(pass.take());
+                    current = None;
                     let src = self.buffer(&Res::State(name.clone()), args)?;
                     let bytes = device_bytes(nodes[*node].dtype, &shapes[*node]);
-                    enc.copy_buffer_to_buffer(src, 0, self.buffer(&Res::Node(*node), args)?, 0, bytes);
+                    enc.copy_buffer_to_buffer(
+                        src,
+                        0,
+                        self.buffer(&Res::Node(*node), args)?,
+                        0,
+                        bytes,
+                    );
                     stats.bytes_copied += bytes;
                 }
                 Step::Kernel { range, .. } => {
@@ -195,7 +217,7 @@ impl WgpuProgram {
                             continue;
                         };
                         let l = &self.launches[k];
-                        let pipe = &l.pipelines[class.min(l.pipelines.len() - 1)];
+                        let (pipe, kernel) = &l.pipelines[class.min(l.pipelines.len() - 1)];
                         let bg = self.bind_group(k, state, args, stats)?;
                         let p = pass.get_or_insert_with(|| {
                             stats.passes += 1;
@@ -205,10 +227,16 @@ impl WgpuProgram {
                             })
                             .forget_lifetime()
                         });
-                        p.set_pipeline(&pipe.pipeline);
+                        if current != Some(Arc::as_ptr(pipe)) {
+                            p.set_pipeline(&pipe.pipeline);
+                            current = Some(Arc::as_ptr(pipe));
+                        }
                         p.set_bind_group(0, bg, &[]);
                         p.dispatch_workgroups(grid[0], grid[1], grid[2]);
-                        stats.launches.push(grid);
+                        stats.launches.push(LaunchStat {
+                            kernel: kernel.clone(),
+                            grid,
+                        });
                         stats.state_elements_written += state_elements;
                     }
                 }

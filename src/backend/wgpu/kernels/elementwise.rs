@@ -3,7 +3,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{Binding, Buf, Class, Go, Launch, NodeView, RunValues, WG, fill8, fits, grid, words_of};
+use super::{
+    Binding, Buf, Class, Go, Launch, NodeView, RunValues, WG, fill8, fits, grid, words_of,
+};
 use crate::backend::wgpu::context::{PRELUDE, PipelineKey, Shader};
 use crate::backend::wgpu::layout::{code, geometry};
 use crate::dtype::DType;
@@ -14,7 +16,10 @@ pub(crate) static SHADER: Shader = Shader {
     name: "elementwise",
     parts: &[
         PRELUDE,
-        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/elementwise.wgsl")),
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/shaders/elementwise.wgsl"
+        )),
     ],
     subgroups: false,
 };

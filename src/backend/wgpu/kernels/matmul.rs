@@ -30,7 +30,10 @@ pub(crate) static VECTORISED: Shader = Shader {
     parts: &[
         PRELUDE,
         PARAMS,
-        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/matmul_cpu.wgsl")),
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/shaders/matmul_cpu.wgsl"
+        )),
     ],
     subgroups: false,
 };
@@ -40,7 +43,10 @@ pub(crate) static SUBGROUP: Shader = Shader {
     parts: &[
         PRELUDE,
         PARAMS,
-        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/matmul_sg.wgsl")),
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/shaders/matmul_sg.wgsl"
+        )),
     ],
     subgroups: true,
 };
@@ -139,13 +145,7 @@ fn matmul_key(
 
 /// The vectorised CPU-adapter kernel (matmul_cpu.wgsl) for untransposed operands whose K and N
 /// are multiples of 4 (f32) or 8 (16-bit).
-fn matmul_vec_key(
-    tiles: Tiles,
-    a: DType,
-    b: DType,
-    out: DType,
-    sr: bool,
-) -> PipelineKey {
+fn matmul_vec_key(tiles: Tiles, a: DType, b: DType, out: DType, sr: bool) -> PipelineKey {
     PipelineKey {
         shader: &VECTORISED,
         entry: "matmul_v8",
@@ -161,13 +161,7 @@ fn row_bytes(dtype: DType, k: usize) -> usize {
 /// Rows of a transposed matmul weight `[N, K]` per binding when it exceeds `limit` bytes: the
 /// most that fit, even (whole output words for 16-bit), with byte offsets that are multiples of
 /// `align`. `None` when not even two rows fit.
-fn split_rows(
-    dtype: DType,
-    k: usize,
-    n: usize,
-    limit: u64,
-    align: u64,
-) -> Option<usize> {
+fn split_rows(dtype: DType, k: usize, n: usize, limit: u64, align: u64) -> Option<usize> {
     let row = row_bytes(dtype, k) as u64;
     let mut rows = (limit / row.max(1)).min(n as u64);
     while rows >= 2 && (!rows.is_multiple_of(2) || !(rows * row).is_multiple_of(align)) {
@@ -443,11 +437,12 @@ pub(super) fn supports(node: &NodeView<'_>, class: &Class) -> Result<(), String>
     );
     // A transposed rank-2 weight of fixed shape may exceed the limit: it is bound in row
     // ranges, one launch each (settled decision 5).
-    let may_split = if node.fixed.get(1).copied().unwrap_or(false) && split(node, class, tb).is_some() {
-        vec![1]
-    } else {
-        vec![]
-    };
+    let may_split =
+        if node.fixed.get(1).copied().unwrap_or(false) && split(node, class, tb).is_some() {
+            vec![1]
+        } else {
+            vec![]
+        };
     fits(node, class, &may_split)
 }
 
@@ -502,8 +497,16 @@ pub(super) fn bind(
         .into_iter()
         .map(|(n0, nc)| {
             let chunk = [nc, b.1[1]];
-            let (p, g, class) =
-                matmul_params(tiles, a, (b.0, &chunk), out, ta, tb, run.keys, Some((n0, nc)));
+            let (p, g, class) = matmul_params(
+                tiles,
+                a,
+                (b.0, &chunk),
+                out,
+                ta,
+                tb,
+                run.keys,
+                Some((n0, nc)),
+            );
             Go::new(class, &p, g)
         })
         .collect()

@@ -190,9 +190,7 @@ pub(crate) fn supports(node: &NodeView<'_>, class: &Class) -> std::result::Resul
 /// The launches of `node` (none for sources).
 pub(crate) fn plan(node: &NodeView<'_>, class: &Class) -> Result<Vec<Launch>> {
     match node.op {
-        Op::Input { .. } | Op::Weight { .. } | Op::State { .. } | Op::Constant { .. } => {
-            Ok(vec![])
-        }
+        Op::Input { .. } | Op::Weight { .. } | Op::State { .. } | Op::Constant { .. } => Ok(vec![]),
         Op::WriteState { name, .. } => Ok(state::plan(node, name)),
         Op::MatMul { transpose_b, .. } => Ok(matmul::plan(node, class, *transpose_b)),
         Op::Unary(u) => Ok(elementwise::plan(node, elementwise::Kind::Unary(*u))),
@@ -210,9 +208,7 @@ pub(crate) fn bind(
     run: &RunValues<'_>,
 ) -> Result<Vec<Go>> {
     match node.op {
-        Op::Input { .. } | Op::Weight { .. } | Op::State { .. } | Op::Constant { .. } => {
-            Ok(vec![])
-        }
+        Op::Input { .. } | Op::Weight { .. } | Op::State { .. } | Op::Constant { .. } => Ok(vec![]),
         Op::WriteState {
             name, axis, offset, ..
         } => state::bind(node, name, *axis, offset, run).map(|g| vec![g]),
@@ -244,14 +240,14 @@ pub(crate) fn all_keys() -> Vec<PipelineKey> {
 
 /// Checks every tensor of `node` against the binding limit (operands listed in `may_split` are
 /// the planner's business) and the kernels' rank limit.
-fn fits(node: &NodeView<'_>, class: &Class, may_split: &[usize]) -> std::result::Result<(), String> {
+fn fits(
+    node: &NodeView<'_>,
+    class: &Class,
+    may_split: &[usize],
+) -> std::result::Result<(), String> {
     let limit = class.binding_limit;
-    let all = std::iter::once((usize::MAX, node.dtype, node.shape)).chain(
-        node.inputs
-            .iter()
-            .enumerate()
-            .map(|(k, &(d, s))| (k, d, s)),
-    );
+    let all = std::iter::once((usize::MAX, node.dtype, node.shape))
+        .chain(node.inputs.iter().enumerate().map(|(k, &(d, s))| (k, d, s)));
     for (k, dtype, shape) in all {
         if shape.len() > 8 {
             return Err(format!("rank {} over the kernels' maximum 8", shape.len()));
