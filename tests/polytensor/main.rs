@@ -7,6 +7,7 @@ mod errors;
 mod gpu;
 mod matmul;
 mod ops;
+mod session;
 mod shaders;
 mod sr;
 mod state;
