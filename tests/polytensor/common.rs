@@ -92,11 +92,14 @@ pub fn devices_under_test() -> Vec<Device> {
     });
     if gpus.is_empty() && !required {
         // Say so once per test binary: a GPU test that ran on the CPU alone must not look
-        // like a GPU pass.
+        // like a GPU pass. Written to the stderr handle itself, which the test harness does
+        // not capture (it captures `eprintln!`), so a passing run shows it too.
         static SKIP: std::sync::Once = std::sync::Once::new();
         SKIP.call_once(|| {
-            eprintln!(
-                "skipped: no GPU adapter; GPU parts of the tests did not run \
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: no GPU adapter; the GPU parts of the tests did not run \
                  (set POLYTENSOR_REQUIRE_GPU=1 to make this a failure)"
             );
         });
