@@ -36,7 +36,23 @@ pub(crate) struct Segment {
     pub inputs: Vec<(String, Src)>,
     /// Whole-graph node ids of the sub-graph's outputs, in order.
     pub exports: Vec<usize>,
+    /// The weights the segment's own graph reads, each once (a CPU fallback segment copies
+    /// only these to the host).
+    pub weights: Vec<String>,
     pub program: Box<dyn Program>,
+}
+
+/// The weight names `graph` reads, each once, in node order.
+fn weights_of(graph: &Graph) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for node in graph.nodes() {
+        if let Op::Weight { name } = &node.op
+            && !out.contains(name)
+        {
+            out.push(name.clone());
+        }
+    }
+    out
 }
 
 /// The device each node of a compiled graph runs on.
@@ -118,6 +134,7 @@ pub(crate) fn place(
             fallback: false,
             inputs,
             exports: graph.outputs().iter().map(|(_, id)| id.0).collect(),
+            weights: weights_of(graph),
             program: backend.compile(graph)?,
         };
         return Ok((vec![seg], report));
@@ -208,6 +225,7 @@ pub(crate) fn place(
             fallback: seg_cpu[s],
             inputs: std::mem::take(&mut inputs[s]),
             exports: std::mem::take(&mut exports[s]),
+            weights: weights_of(&sub),
             program,
         });
     }

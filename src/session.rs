@@ -7,9 +7,9 @@
 //! graph and returns an `Err` naming the mismatch; it never panics.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use crate::backend::{Device, DeviceBuffer, RunArgs};
+use crate::backend::{Device, DeviceBuffer, RunArgs, RunStats};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ir::passes::{Precision, dce, precision, validate};
@@ -21,6 +21,10 @@ use crate::tensor::{Tensor, TensorView};
 /// A graph compiled for a session's device. Reusable across runs and bound lengths.
 pub struct Compiled {
     graph: Graph,
+    /// Every input of the graph as given to `compile` (name, shape, dtype), dead or alive: one
+    /// input set may serve several programs, so a run accepts (and checks) an input that
+    /// dead-node elimination removed.
+    declared: Vec<(String, Shape, DType)>,
     segments: Vec<Segment>,
     placement: Placement,
     /// Per-run scalars used as write offsets (bound like symbolic dims).
@@ -75,7 +79,7 @@ impl Outputs {
     }
 }
 
-/// A device with its weights, states and run counter.
+/// A device with its weights, states, run counter and run statistics.
 pub struct Session {
     device: Device,
     weights: HashMap<String, Arc<dyn DeviceBuffer>>,
@@ -86,6 +90,11 @@ pub struct Session {
     precision: Option<Precision>,
     seed: u64,
     counter: u64,
+    /// The counts of the latest completed run, summed over its segments.
+    last: RunStats,
+    /// Everything since the session was created: every compile and every run. Behind a mutex
+    /// because `compile` takes `&self`.
+    totals: Mutex<RunStats>,
 }
 
 fn names<V>(m: &HashMap<String, V>) -> String {
@@ -129,7 +138,31 @@ impl Session {
             precision: None,
             seed: 0,
             counter: 0,
+            last: RunStats::default(),
+            totals: Mutex::new(RunStats::default()),
         }
+    }
+
+    /// The counts of the latest completed run: the sum over its segments of each program's
+    /// [`Program::stats`](crate::backend::Program::stats). Zero before any run.
+    pub fn last_run_stats(&self) -> RunStats {
+        self.last.clone()
+    }
+
+    /// Everything counted since the session was created: each compile's program statistics
+    /// (taken right after `Backend::compile`) plus every completed run's.
+    pub fn total_stats(&self) -> RunStats {
+        self.totals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn add_totals(&self, stats: &RunStats) {
+        self.totals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(stats);
     }
 
     /// The session's device.
@@ -163,16 +196,60 @@ impl Session {
         self.fallback = policy;
     }
 
-    /// Creates (or resets) the persistent state `name`, filled with zeros.
+    /// The existing state `name` when it has exactly this shape and dtype (so it can be
+    /// overwritten in place).
+    fn same_state(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Option<&Arc<dyn DeviceBuffer>> {
+        self.states
+            .get(name)
+            .filter(|b| b.dtype() == dtype && b.shape() == shape)
+    }
+
+    /// Creates (or resets) the persistent state `name`, filled with zeros. A shape whose element
+    /// count or byte size overflows, or that exceeds the device's buffer limit, is an `Err`
+    /// naming it, checked before anything is allocated. Resetting a state of the same shape and
+    /// dtype clears it in place where the backend can.
     pub fn create_state(&mut self, name: &str, shape: &[usize], dtype: DType) -> Result<()> {
-        let zeros = Tensor::zeros(shape, dtype);
-        let buf = self.device.backend().upload(zeros.view())?;
+        let info = self.device.info();
+        let what = || format!("state `{name}` {dtype}{}", fmt_dims(shape));
+        let bytes = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .and_then(|n| n.checked_mul(dtype.size_of()))
+            .ok_or_else(|| Error::InvalidArgument {
+                op: "create_state",
+                msg: format!("{}: its element count or byte size overflows", what()),
+            })?;
+        if bytes as u64 > info.limits.max_buffer_bytes {
+            return Err(Error::LimitExceeded {
+                what: format!("{} in bytes", what()),
+                value: bytes as u64,
+                limit: info.limits.max_buffer_bytes,
+                device: info.name.clone(),
+            });
+        }
+        if let Some(buf) = self.same_state(name, shape, dtype)
+            && buf.clear()?
+        {
+            return Ok(());
+        }
+        let buf = self.device.backend().zeros(shape, dtype)?;
         self.states.insert(name.to_string(), buf);
         Ok(())
     }
 
-    /// Replaces the contents of state `name` (creating it when new).
+    /// Replaces the contents of state `name` (creating it when new). A state of the same shape
+    /// and dtype is overwritten in place where the backend can.
     pub fn set_state(&mut self, name: &str, tensor: TensorView<'_>) -> Result<()> {
+        if let Some(buf) = self.same_state(name, tensor.shape(), tensor.dtype())
+            && buf.write(tensor)?
+        {
+            return Ok(());
+        }
         let buf = self.device.backend().upload(tensor)?;
         self.states.insert(name.to_string(), buf);
         Ok(())
@@ -204,11 +281,22 @@ impl Session {
     /// Validates `graph`, removes dead nodes and compiles it for the session's device.
     pub fn compile(&self, graph: &Graph) -> Result<Compiled> {
         validate(graph)?;
+        let declared = graph
+            .nodes()
+            .iter()
+            .filter_map(|n| match &n.op {
+                Op::Input { name } => Some((name.clone(), n.shape.clone(), n.dtype)),
+                _ => None,
+            })
+            .collect();
         let graph = match self.precision {
             Some(p) => dce(&precision(graph, p)?),
             None => dce(graph),
         };
         let (segments, placement) = place(&graph, &self.device, self.fallback)?;
+        for seg in &segments {
+            self.add_totals(&seg.program.stats());
+        }
         let mut scalars = Vec::new();
         for node in graph.nodes() {
             if let Op::WriteState {
@@ -230,6 +318,7 @@ impl Session {
         }
         Ok(Compiled {
             graph,
+            declared,
             segments,
             placement,
             scalars,
@@ -262,18 +351,25 @@ impl Session {
             })
             .collect();
         for &(name, view) in inputs {
-            let Some(&(_, node)) = declared.iter().find(|(n, _)| *n == name) else {
+            if let Some(&(_, node)) = declared.iter().find(|(n, _)| *n == name) {
+                bind_input(name, view, &node.shape, node.dtype, &mut bound)?;
+                by_name.insert(name.to_string(), view);
+                continue;
+            }
+            // An input of the graph as given to `compile` that dead-node elimination removed:
+            // checked (dtype, rank, sizes) but not used, and its symbols bind nothing.
+            let Some((_, shape, dtype)) = program.declared.iter().find(|(n, ..)| n == name) else {
                 return Err(Error::UnknownInput {
                     name: name.to_string(),
-                    known: declared
+                    known: program
+                        .declared
                         .iter()
-                        .map(|(n, _)| *n)
+                        .map(|(n, ..)| n.as_str())
                         .collect::<Vec<_>>()
                         .join(", "),
                 });
             };
-            bind_input(name, view, &node.shape, node.dtype, &mut bound)?;
-            by_name.insert(name.to_string(), view);
+            bind_input(name, view, shape, *dtype, &mut Bindings::new())?;
         }
         for (name, node) in &declared {
             if !by_name.contains_key(*name) {
@@ -330,10 +426,13 @@ impl Session {
                 seed: self.seed,
                 counter: self.counter,
             };
-            seg.program.submit(args)?.wait()?
+            let out = seg.program.submit(args)?.wait()?;
+            self.last = seg.program.stats();
+            out
         } else {
             self.run_segments(program, &by_name, &bound)?
         };
+        self.add_totals(&self.last);
         self.counter = self.counter.wrapping_add(1);
         Ok(Outputs(
             graph
@@ -353,11 +452,12 @@ impl Session {
         bound: &Bindings,
     ) -> Result<Vec<Tensor>> {
         let mut values: HashMap<usize, Tensor> = HashMap::new();
+        let mut stats = RunStats::default();
         for seg in &program.segments {
             if seg.fallback {
-                for node in program.graph.nodes() {
-                    if let Op::Weight { name } = &node.op
-                        && !self.cpu_weights.contains_key(name)
+                // Only the weights this segment reads come to the host, once per load.
+                for name in &seg.weights {
+                    if !self.cpu_weights.contains_key(name)
                         && let Some(w) = self.weights.get(name)
                     {
                         let host = w.read()?;
@@ -390,12 +490,13 @@ impl Session {
                 counter: self.counter,
             };
             let out = seg.program.submit(args)?.wait()?;
+            stats.add(&seg.program.stats());
             drop(inputs);
             for (j, t) in seg.exports.iter().zip(out) {
                 values.insert(*j, t);
             }
         }
-        program
+        let out = program
             .graph
             .outputs()
             .iter()
@@ -404,7 +505,9 @@ impl Session {
                     Error::InvalidGraph(format!("output %{} was not computed", id.0))
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        self.last = stats;
+        Ok(out)
     }
 }
 

@@ -52,9 +52,43 @@ impl fmt::Display for Dim {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Dim::Fixed(n) => write!(f, "{n}"),
-            Dim::Sym(name, max) => write!(f, "{name}<={max}"),
+            Dim::Sym(name, max) => {
+                write_name(f, name)?;
+                write!(f, "<={max}")
+            }
         }
     }
+}
+
+/// True when `name` prints bare in the text form: not empty, only ASCII letters, digits and
+/// `_ . - / #` (nothing the text form uses as punctuation).
+pub(crate) fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-/#".contains(c))
+}
+
+/// Writes `name` bare when it is plain, else in double quotes with `\"`, `\\`, `\n`, `\r`,
+/// `\t` and `\u{hex}` (other control characters) escaped, so every string reads back
+/// (`Dim::sym` accepts any name).
+pub(crate) fn write_name(f: &mut impl fmt::Write, name: &str) -> fmt::Result {
+    if is_plain_name(name) {
+        return f.write_str(name);
+    }
+    f.write_char('"')?;
+    for c in name.chars() {
+        match c {
+            '"' => f.write_str("\\\"")?,
+            '\\' => f.write_str("\\\\")?,
+            '\n' => f.write_str("\\n")?,
+            '\r' => f.write_str("\\r")?,
+            '\t' => f.write_str("\\t")?,
+            c if c.is_control() => write!(f, "\\u{{{:x}}}", u32::from(c))?,
+            c => f.write_char(c)?,
+        }
+    }
+    f.write_char('"')
 }
 
 /// The dimensions of a tensor, outermost first.

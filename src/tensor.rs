@@ -108,6 +108,78 @@ impl Storage {
 }
 
 impl Storage {
+    /// `n` zeros of `dtype`, or an `Err` when the byte size overflows or the memory cannot be
+    /// reserved (never an abort on a huge request).
+    pub fn try_zeros(dtype: DType, n: usize) -> Result<Storage> {
+        fn filled<T: Clone>(n: usize, zero: T, dtype: DType) -> Result<Vec<T>> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(n)
+                .map_err(|_| Error::Unsupported(format!("cannot allocate {n} {dtype} elements")))?;
+            v.resize(n, zero);
+            Ok(v)
+        }
+        n.checked_mul(dtype.size_of()).ok_or_else(|| {
+            Error::Unsupported(format!("{n} {dtype} elements overflow a byte size"))
+        })?;
+        Ok(match dtype {
+            DType::F32 => Storage::F32(filled(n, 0.0, dtype)?),
+            DType::F16 => Storage::F16(filled(n, f16::ZERO, dtype)?),
+            DType::BF16 => Storage::BF16(filled(n, bf16::ZERO, dtype)?),
+            DType::U32 => Storage::U32(filled(n, 0, dtype)?),
+            DType::I32 => Storage::I32(filled(n, 0, dtype)?),
+        })
+    }
+}
+
+/// Checks that a constant's value fits `dtype` exactly where it must: integer dtypes take only
+/// whole numbers in their range (a float dtype takes any value and rounds it).
+pub fn check_constant_value(value: f64, dtype: DType) -> Result<()> {
+    let (lo, hi) = match dtype {
+        DType::U32 => (0.0, f64::from(u32::MAX)),
+        DType::I32 => (f64::from(i32::MIN), f64::from(i32::MAX)),
+        DType::F32 | DType::F16 | DType::BF16 => return Ok(()),
+    };
+    if value.fract() != 0.0 || !(lo..=hi).contains(&value) {
+        return Err(Error::InvalidArgument {
+            op: "constant",
+            msg: format!("value {value} is not a {dtype} (whole numbers from {lo} to {hi})"),
+        });
+    }
+    Ok(())
+}
+
+/// A `Constant` node's values as storage of `count` elements of `dtype`, exactly: one value is
+/// splatted, otherwise there must be `count` values. Integers convert straight from f64 (a
+/// non-integer or out-of-range value is an `Err`); f32 rounds f64 → f32 to nearest even; f16 and
+/// bf16 round f64 → f32 → 16 bits, to nearest even each time. Every backend builds constants
+/// with this one function, so they hold the same bits everywhere.
+pub fn constant_storage(values: &[f64], dtype: DType, count: usize) -> Result<Storage> {
+    if values.len() != 1 && values.len() != count {
+        return Err(Error::DataLength {
+            shape: format!("[{count}]"),
+            expected: count,
+            got: values.len(),
+        });
+    }
+    for &v in values {
+        check_constant_value(v, dtype)?;
+    }
+    fn each<T: Clone>(values: &[f64], count: usize, f: impl Fn(f64) -> T) -> Vec<T> {
+        match values {
+            [v] => vec![f(*v); count],
+            _ => values.iter().map(|&v| f(v)).collect(),
+        }
+    }
+    // The range checks above make these `as` conversions exact.
+    Ok(match dtype {
+        DType::U32 => Storage::U32(each(values, count, |v| v as u32)),
+        DType::I32 => Storage::I32(each(values, count, |v| v as i32)),
+        DType::F32 => Storage::F32(each(values, count, |v| v as f32)),
+        DType::F16 | DType::BF16 => Storage::from_f32(dtype, each(values, count, |v| v as f32)),
+    })
+}
+
+impl Storage {
     /// Converts f32 values to `dtype` with `rounding`; stochastic rounding draws from
     /// `rng::sr_keys(seed, stream, counter)` by logical flat index.
     pub fn from_f32_rounded(
@@ -269,6 +341,11 @@ impl Tensor {
     /// The typed storage.
     pub fn storage(&self) -> &Storage {
         &self.data
+    }
+
+    /// The typed storage, to overwrite in place (the length must not change).
+    pub(crate) fn storage_mut(&mut self) -> &mut Storage {
+        &mut self.data
     }
 
     /// Consumes the tensor, returning its storage.

@@ -155,7 +155,8 @@ impl Graph {
         Ok(self.push(node))
     }
 
-    /// Checks what a source node declares (constants: fixed shape, value count).
+    /// Checks what a source node declares (constants: fixed shape, value count, values that fit
+    /// an integer dtype exactly, no stochastic rounding; names).
     pub(crate) fn check_source(&self, node: &Node) -> Result<()> {
         match &node.op {
             Op::Constant { values } => {
@@ -171,6 +172,19 @@ impl Graph {
                         shape: node.shape.to_string(),
                         expected: n,
                         got: values.len(),
+                    });
+                }
+                for &v in values {
+                    crate::tensor::check_constant_value(v, node.dtype)?;
+                }
+                // A constant has no run to draw random bits from: every backend builds it once,
+                // rounded to nearest even.
+                if matches!(node.rounding, Rounding::Stochastic { .. }) {
+                    return Err(Error::InvalidArgument {
+                        op: "constant",
+                        msg: "a constant cannot round stochastically (it is rounded to nearest \
+                              even once, when the program is built)"
+                            .to_string(),
                     });
                 }
                 Ok(())
@@ -289,6 +303,17 @@ impl Graph {
                 op: "set_rounding",
                 dtype: node.dtype,
                 device: None,
+            });
+        }
+        if matches!(rounding, Rounding::Stochastic { .. }) && matches!(node.op, Op::Constant { .. })
+        {
+            return Err(Error::InvalidArgument {
+                op: "set_rounding",
+                msg: format!(
+                    "%{}: a constant cannot round stochastically (it is rounded to nearest even \
+                     once, when the program is built)",
+                    id.0
+                ),
             });
         }
         let node = &mut self.nodes[id.0];

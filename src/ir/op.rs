@@ -36,6 +36,20 @@ impl UnaryOp {
         UnaryOp::Relu,
     ];
 
+    /// The op's name, as the builder and messages call it (`exp`, `gelu`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Neg => "neg",
+            UnaryOp::Exp => "exp",
+            UnaryOp::Sqrt => "sqrt",
+            UnaryOp::Rsqrt => "rsqrt",
+            UnaryOp::Tanh => "tanh",
+            UnaryOp::Gelu => "gelu",
+            UnaryOp::Silu => "silu",
+            UnaryOp::Relu => "relu",
+        }
+    }
+
     /// The op on f64 (the reference definition).
     pub fn eval_f64(self, x: f64) -> f64 {
         match self {
@@ -92,6 +106,18 @@ impl BinaryOp {
         BinaryOp::Max,
     ];
 
+    /// The op's name, as the builder calls it (`add`, ..., `maximum` for the elementwise max,
+    /// which tells it apart from the `max` reduction).
+    pub fn name(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "add",
+            BinaryOp::Sub => "sub",
+            BinaryOp::Mul => "mul",
+            BinaryOp::Div => "div",
+            BinaryOp::Max => "maximum",
+        }
+    }
+
     /// The op on f64 (the reference definition).
     pub fn eval_f64(self, a: f64, b: f64) -> f64 {
         match self {
@@ -122,6 +148,17 @@ pub enum ReduceOp {
     Sum,
     Max,
     Mean,
+}
+
+impl ReduceOp {
+    /// The reduction's name (`sum`, `max`, `mean`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ReduceOp::Sum => "sum",
+            ReduceOp::Max => "max",
+            ReduceOp::Mean => "mean",
+        }
+    }
 }
 
 /// Where a state write lands along its axis: a fixed offset or a per-run scalar bound at each
@@ -167,7 +204,8 @@ pub enum Op {
 }
 
 impl Op {
-    /// A short lower-case name for messages and reports.
+    /// The specific op's lower-case name for messages and placement reports, as the builder
+    /// calls it: `exp`, `add`, `maximum` (elementwise), `max` (reduction), `matmul`, ...
     pub fn name(&self) -> &'static str {
         match self {
             Op::Input { .. } => "input",
@@ -176,9 +214,9 @@ impl Op {
             Op::Constant { .. } => "constant",
             Op::WriteState { .. } => "write_state",
             Op::MatMul { .. } => "matmul",
-            Op::Unary(_) => "unary",
-            Op::Binary(_) => "binary",
-            Op::Reduce { .. } => "reduce",
+            Op::Unary(u) => u.name(),
+            Op::Binary(b) => b.name(),
+            Op::Reduce { op, .. } => op.name(),
             Op::Cast { .. } => "cast",
         }
     }

@@ -86,6 +86,24 @@ pub fn tol(dtype: DType) -> (f64, f64) {
 pub fn devices_under_test() -> Vec<Device> {
     let all = Device::list();
     let gpus: Vec<&Device> = all.iter().filter(|d| d.info().backend == "wgpu").collect();
+    let required = std::env::var("POLYTENSOR_REQUIRE_GPU").is_ok_and(|r| {
+        r.split(',')
+            .any(|s| !s.trim().is_empty() && s.trim() != "0")
+    });
+    if gpus.is_empty() && !required {
+        // Say so once per test binary: a GPU test that ran on the CPU alone must not look
+        // like a GPU pass. Written to the stderr handle itself, which the test harness does
+        // not capture (it captures `eprintln!`), so a passing run shows it too.
+        static SKIP: std::sync::Once = std::sync::Once::new();
+        SKIP.call_once(|| {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: no GPU adapter; the GPU parts of the tests did not run \
+                 (set POLYTENSOR_REQUIRE_GPU=1 to make this a failure)"
+            );
+        });
+    }
     if let Ok(req) = std::env::var("POLYTENSOR_REQUIRE_GPU") {
         for api in req
             .split(',')

@@ -38,10 +38,7 @@ fn builder_errors() {
     let e = g.matmul(v, a).expect_err("rank 1");
     assert!(e.to_string().contains("rank"), "{e}");
     let e = g.add(a, b).expect_err("broadcast");
-    assert!(
-        matches!(e, Error::ShapeMismatch { op: "binary", .. }),
-        "{e}"
-    );
+    assert!(matches!(e, Error::ShapeMismatch { op: "add", .. }), "{e}");
     let e = g.unary(UnaryOp::Exp, i).expect_err("int exp");
     assert!(
         matches!(
@@ -289,4 +286,50 @@ fn review_cases_are_errors_not_panics() {
         .expect("too large");
     assert!(e.to_string().contains("too many elements"), "{e}");
     assert!(Graph::parse("%0: f32]3[ = Input(name:\"x\")()").is_err());
+}
+
+#[test]
+fn op_names_name_the_specific_op() {
+    use polytensor::{BinaryOp, Op, ReduceOp};
+    let unary = [
+        "neg", "exp", "sqrt", "rsqrt", "tanh", "gelu", "silu", "relu",
+    ];
+    for (op, name) in UnaryOp::ALL.into_iter().zip(unary) {
+        assert_eq!(Op::Unary(op).name(), name);
+    }
+    let binary = ["add", "sub", "mul", "div", "maximum"];
+    for (op, name) in BinaryOp::ALL.into_iter().zip(binary) {
+        assert_eq!(Op::Binary(op).name(), name);
+    }
+    for (op, name) in [
+        (ReduceOp::Sum, "sum"),
+        (ReduceOp::Max, "max"),
+        (ReduceOp::Mean, "mean"),
+    ] {
+        assert_eq!(Op::Reduce { op, axis: 0 }.name(), name);
+    }
+    // Errors and placement reports say which op they mean.
+    let mut g = Graph::new();
+    let a = g.input("a", [2, 3], DType::F32);
+    let b = g.input("b", [4, 5], DType::F32);
+    let e = g.maximum(a, b).expect_err("broadcast");
+    assert!(e.to_string().starts_with("maximum:"), "{e}");
+    let e = g
+        .reduce(ReduceOp::Mean, a, 5)
+        .expect_err("axis out of range");
+    assert!(e.to_string().starts_with("mean:"), "{e}");
+    let x = g.unary(UnaryOp::Exp, a).expect("exp");
+    let y = g.add(x, a).expect("add");
+    let m = g.reduce(ReduceOp::Max, y, 1).expect("max");
+    let z = g.maximum(m, a).expect("maximum");
+    g.output("z", z).expect("out");
+    let p = Session::new(&Device::cpu()).compile(&g).expect("compile");
+    let ops: Vec<&str> = p
+        .placement()
+        .nodes
+        .iter()
+        .filter(|(_, _, at)| at != "source")
+        .map(|(_, op, _)| *op)
+        .collect();
+    assert_eq!(ops, ["exp", "add", "max", "maximum"], "{:?}", p.placement());
 }

@@ -167,7 +167,7 @@ fn unsupported_ops_fall_back_under_allow_and_fail_under_deny() {
         let add = report
             .nodes
             .iter()
-            .find(|(_, op, _)| *op == "binary")
+            .find(|(_, op, _)| *op == "add")
             .expect("add placed");
         assert_eq!(add.2, device.info().name, "{report:?}");
         let out = s

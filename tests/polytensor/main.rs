@@ -8,6 +8,7 @@ mod gpu;
 mod matmul;
 mod ops;
 mod plans;
+mod session;
 mod shaders;
 mod sr;
 mod state;

@@ -194,8 +194,12 @@ fn every_device_stores_the_same_sr_bits() {
             f32_to_f16_sr(x.as_slice::<f32>().expect("f32")[i].to_bits(), r)
         );
     }
-    for device in devices_under_test() {
-        let got = run(&device, 5, 9);
+    // Each GPU, and the reference backend, against the CPU fast path (never GPUs only with
+    // each other).
+    let compared = others_than_the_cpu();
+    for device in &compared {
+        let got = run(device, 5, 9);
+        assert_eq!(got.len(), want.len());
         for ((name, g), (_, w)) in got.iter().zip(&want) {
             assert!(
                 g.as_bytes() == w.as_bytes(),
@@ -203,12 +207,23 @@ fn every_device_stores_the_same_sr_bits() {
                 device.info().name
             );
         }
-        let other = run(&device, 5, 10);
+        let other = run(device, 5, 10);
         assert!(
             other[0].1.as_bytes() != want[0].1.as_bytes(),
             "a new run counter draws new bits"
         );
     }
+}
+
+/// Every GPU under test plus the reference backend: what the CPU fast path is compared with.
+fn others_than_the_cpu() -> Vec<Device> {
+    let cpu = Device::cpu().info().name.clone();
+    let mut v: Vec<Device> = devices_under_test()
+        .into_iter()
+        .filter(|d| d.info().name != cpu)
+        .collect();
+    v.push(Device::reference());
+    v
 }
 
 /// Runs `steps` of acc += 0.5 over 1024 accumulators in `dtype` starting at 1024; returns them.
@@ -287,8 +302,10 @@ fn sr_matmul_stores_match_the_cpu_bit_for_bit() {
                     .into_vec()
             };
             let want = run(&Device::cpu());
-            for device in devices_under_test() {
+            // Each GPU and the reference backend's SR matmul against the CPU fast path's.
+            for device in others_than_the_cpu() {
                 let got = run(&device);
+                assert_eq!(got.len(), want.len());
                 for ((name, g), (_, w)) in got.iter().zip(&want) {
                     assert!(
                         g.as_bytes() == w.as_bytes(),
@@ -367,7 +384,49 @@ fn precision_policy_runs_an_f32_graph_in_bf16_with_sr() {
         s.load_weight("w", wt.view(), DType::F32).expect("w");
         s.load_weight("wr", wrt.view(), DType::F32).expect("wr");
         let prog = s.compile(&g).expect("compile with the policy");
+        // The program that runs is the converted one: matmul, gelu and add store bf16 with
+        // stochastic rounding, the keep-f32 matmul and the reduction stay f32.
+        let cg = prog.graph();
+        let of = |pred: &dyn Fn(&polytensor::Op) -> bool| -> Vec<&polytensor::ir::Node> {
+            cg.nodes().iter().filter(|n| pred(&n.op)).collect()
+        };
+        let matmuls = of(&|op| matches!(op, polytensor::Op::MatMul { .. }));
+        assert_eq!(matmuls.len(), 2, "{cg}");
+        for n in &matmuls {
+            if n.keep_f32 {
+                assert_eq!(n.dtype, DType::F32, "keep-f32 matmul:\n{cg}");
+            } else {
+                assert_eq!(n.dtype, DType::BF16, "{cg}");
+                assert!(matches!(n.rounding, Rounding::Stochastic { .. }), "{cg}");
+            }
+        }
+        let elementwise =
+            of(&|op| matches!(op, polytensor::Op::Unary(_) | polytensor::Op::Binary(_)));
+        assert_eq!(elementwise.len(), 2, "gelu and add:\n{cg}");
+        assert!(
+            elementwise.iter().all(
+                |n| n.dtype == DType::BF16 && matches!(n.rounding, Rounding::Stochastic { .. })
+            ),
+            "{cg}"
+        );
+        let reductions = of(&|op| matches!(op, polytensor::Op::Reduce { .. }));
+        assert!(
+            !reductions.is_empty() && reductions.iter().all(|n| n.dtype == DType::F32),
+            "{cg}"
+        );
         let out = s.run(&prog, &[("x", xt.view())], &[]).expect("run");
+        // Stored in bf16: each f32 value of `y` is a bf16 widened, its low 16 bits zero (plain
+        // f32 would fill them).
+        let y = out.get("y").expect("y").as_slice::<f32>().expect("f32");
+        assert!(
+            y.iter().all(|v| v.to_bits() & 0xffff == 0),
+            "{}: y is not bf16-valued",
+            device.info().name
+        );
+        // Rounded stochastically: the next run (a new counter) rounds some values the other way.
+        let again = s.run(&prog, &[("x", xt.view())], &[]).expect("run");
+        let y2 = again.get("y").expect("y").as_slice::<f32>().expect("f32");
+        assert!(y.iter().zip(y2).any(|(a, b)| a != b), "SR draws per run");
         for (k, (name, t)) in out.iter().enumerate() {
             let (got, exp) = (t.to_f64_vec(), want[k].to_f64_vec());
             let scale = exp.iter().fold(0f64, |a, v| a.max(v.abs()));
@@ -406,4 +465,57 @@ fn branch_free_roundings_equal_the_definitions() {
             x.to_bits()
         );
     }
+}
+
+#[test]
+fn constants_never_round_stochastically() {
+    use polytensor::{Error, Op, Precision};
+    // Refused at build time...
+    let mut g = Graph::new();
+    let c = g.constant(&[0.1], [4], DType::BF16).expect("constant");
+    let e = g
+        .set_rounding(c, Rounding::Stochastic { stream: 1 })
+        .expect_err("SR constant");
+    assert!(
+        matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("constant"),
+        "{e}"
+    );
+    g.set_rounding(c, Rounding::NearestEven)
+        .expect("RNE is fine");
+    // ...and in text (validate refuses what the builder would).
+    let text = "%0: bf16[4] sr(1) = Constant(values:[0.1])()\nout c = %0";
+    let e = Graph::parse(text).expect_err("SR constant in text");
+    assert!(e.to_string().contains("stochastic"), "{e}");
+    // The precision policy gives a constant no SR, neither on itself nor on its conversion.
+    let mut g = Graph::new();
+    let x = g.input("x", [8], DType::F32);
+    let third = g.constant(&[1.0 / 3.0], [1], DType::F32).expect("1/3");
+    let y = g.mul(x, third).expect("mul");
+    let y = g.add(y, third).expect("add");
+    g.output("y", y).expect("out");
+    let policy = Precision {
+        dtype: DType::BF16,
+        stochastic: true,
+    };
+    let p = polytensor::ir::passes::precision(&g, policy).expect("policy");
+    let nodes = p.nodes();
+    let is_const = |i: usize| matches!(nodes[i].op, Op::Constant { .. });
+    let mut converted = 0;
+    for (i, n) in nodes.iter().enumerate() {
+        let from_constant = is_const(i) || (n.inputs.len() == 1 && is_const(n.inputs[0].0));
+        if from_constant {
+            assert_eq!(n.rounding, Rounding::NearestEven, "%{i}:\n{p}");
+            converted += usize::from(n.dtype == DType::BF16);
+        }
+    }
+    assert_eq!(
+        converted, 1,
+        "the constant meets bf16 nodes in bf16, once:\n{p}"
+    );
+    assert!(
+        nodes
+            .iter()
+            .any(|n| matches!(n.rounding, Rounding::Stochastic { .. })),
+        "the policy still rounds the computed nodes stochastically:\n{p}"
+    );
 }

@@ -112,3 +112,56 @@ fn dead_nodes_are_removed_but_writes_and_outputs_kept() {
     empty.input("x", [3], DType::F32);
     assert!(matches!(sess.compile(&empty), Err(Error::InvalidGraph(_))));
 }
+
+#[test]
+fn awkward_symbol_and_output_names_round_trip() {
+    // `Dim::sym` and `Graph::output` take any string; the text form must read every one back.
+    let names = [
+        "my seq",
+        "a,b",
+        "[x]",
+        "q\"uote",
+        "back\\slash",
+        "ünïcödé",
+        "",
+        "a<=b",
+        "x = y",
+        "new\nline",
+        "tab\there",
+        "%0",
+        "out y",
+        "ctl\u{1}",
+        "\"",
+    ];
+    let mut g = Graph::new();
+    for (k, name) in names.iter().enumerate() {
+        let x = g.input(
+            &format!("x{k}"),
+            [Dim::sym(name, 8 + k), Dim::Fixed(2)],
+            DType::F32,
+        );
+        let y = g.unary(UnaryOp::Neg, x).expect("neg");
+        g.output(name, y).expect("out");
+    }
+    let s = g.state("s", [4, 2], DType::F32);
+    let v = g.input("v", [1, 2], DType::F32);
+    g.write_state("s", v, 0, Offset::Sym("pos, \"the\" (offset)".into()))
+        .expect("write");
+    let _ = s;
+    let text = g.to_string();
+    let back = Graph::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(back, g, "{text}");
+    assert_eq!(back.to_string(), text);
+    // Plain names still print bare.
+    assert!(Graph::parse(&every_op().to_string()).is_ok());
+    assert!(every_op().to_string().contains("[seq<=2048,4]"));
+    // Broken quoting is a clear error.
+    for (bad, want) in [
+        ("%0: f32[\"ab<=3] = Unary(Neg)(%0)", "expected `lhs = rhs`"),
+        ("%0: f32[\"a\"] = Input(name:\"x\")()", "<=max"),
+        ("%0: f32[\"a\\q\"<=3] = Input(name:\"x\")()", "bad escape"),
+    ] {
+        let e = Graph::parse(bad).expect_err(bad);
+        assert!(e.to_string().contains(want), "`{bad}`: {e}");
+    }
+}

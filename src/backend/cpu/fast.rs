@@ -11,7 +11,7 @@ use crate::dtype::{DType, Rounding};
 use crate::error::{Error, Result};
 use crate::ir::{Node, Op, ReduceOp};
 use crate::shape::broadcast_strides;
-use crate::tensor::{Storage, StorageRef};
+use crate::tensor::{Storage, StorageRef, constant_storage};
 
 /// Elements per rayon task for elementwise work.
 const CHUNK: usize = 1 << 14;
@@ -147,14 +147,10 @@ pub(crate) fn eval(
                 node.op.name()
             )));
         }
+        // The one constant rule every backend shares: exact for integers, never through f32.
         Op::Constant { values } => {
             let n: usize = out_shape.iter().product();
-            let v: Vec<f32> = if values.len() == 1 {
-                vec![values[0] as f32; n]
-            } else {
-                values.iter().map(|&x| x as f32).collect()
-            };
-            v
+            return constant_storage(values, node.dtype, n);
         }
     };
     Ok(Storage::from_f32_rounded(

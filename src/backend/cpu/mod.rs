@@ -10,15 +10,17 @@ mod matmul;
 mod reference;
 
 use std::any::Any;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::cell::OnceCell;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::backend::{
-    Backend, DeviceBuffer, DeviceInfo, DeviceType, Limits, Pending, Program, RunArgs,
+    Backend, DeviceBuffer, DeviceInfo, DeviceType, Limits, Pending, Program, RunArgs, RunStats,
 };
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ir::{Graph, NodeId, Offset, Op};
-use crate::shape::Bindings;
+use crate::shape::{Bindings, fmt_dims};
 use crate::tensor::{Storage, StorageRef, Tensor, TensorView};
 
 /// Threads for the fast path: `POLYTENSOR_NUM_THREADS`, else every core.
@@ -91,6 +93,29 @@ impl CpuBuffer {
     fn read_lock(&self) -> RwLockReadGuard<'_, Tensor> {
         self.tensor.read().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn write_lock(&self) -> RwLockWriteGuard<'_, Tensor> {
+        self.tensor.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Copies `src` over `dst` element for element; `false` when the dtypes or lengths differ.
+fn copy_storage(dst: &mut Storage, src: StorageRef<'_>) -> bool {
+    fn copy<T: Copy>(d: &mut [T], s: &[T]) -> bool {
+        if d.len() != s.len() {
+            return false;
+        }
+        d.copy_from_slice(s);
+        true
+    }
+    match (dst, src) {
+        (Storage::F32(d), StorageRef::F32(s)) => copy(d, s),
+        (Storage::F16(d), StorageRef::F16(s)) => copy(d, s),
+        (Storage::BF16(d), StorageRef::BF16(s)) => copy(d, s),
+        (Storage::U32(d), StorageRef::U32(s)) => copy(d, s),
+        (Storage::I32(d), StorageRef::I32(s)) => copy(d, s),
+        _ => false,
+    }
 }
 
 impl DeviceBuffer for CpuBuffer {
@@ -105,6 +130,29 @@ impl DeviceBuffer for CpuBuffer {
     }
     fn as_any(&self) -> &dyn Any {
         self
+    }
+    fn write(&self, tensor: TensorView<'_>) -> Result<bool> {
+        let mut t = self.write_lock();
+        if t.shape() != tensor.shape() || t.dtype() != tensor.dtype() {
+            return Err(Error::TensorMismatch {
+                kind: "buffer write",
+                name: String::new(),
+                expected: format!("{}{}", t.dtype(), fmt_dims(t.shape())),
+                got: format!("{}{}", tensor.dtype(), fmt_dims(tensor.shape())),
+            });
+        }
+        Ok(copy_storage(t.storage_mut(), tensor.data()))
+    }
+    fn clear(&self) -> Result<bool> {
+        let mut t = self.write_lock();
+        match t.storage_mut() {
+            Storage::F32(v) => v.fill(0.0),
+            Storage::F16(v) => v.fill(half::f16::ZERO),
+            Storage::BF16(v) => v.fill(half::bf16::ZERO),
+            Storage::U32(v) => v.fill(0),
+            Storage::I32(v) => v.fill(0),
+        }
+        Ok(true)
     }
 }
 
@@ -161,6 +209,20 @@ impl Backend for CpuBackend {
         }))
     }
 
+    fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Arc<dyn DeviceBuffer>> {
+        let numel = checked_numel(shape, dtype).ok_or_else(|| Error::InvalidArgument {
+            op: "zeros",
+            msg: format!(
+                "a {dtype} tensor of shape {} has too many elements to address",
+                fmt_dims(shape)
+            ),
+        })?;
+        let storage = Storage::try_zeros(dtype, numel)?;
+        Ok(Arc::new(CpuBuffer {
+            tensor: RwLock::new(Tensor::from_storage(shape, storage)?),
+        }))
+    }
+
     fn compile(&self, graph: &Graph) -> Result<Box<dyn Program>> {
         for i in 0..graph.nodes().len() {
             if let Err(why) = self.supports(graph, NodeId(i)) {
@@ -175,8 +237,16 @@ impl Backend for CpuBackend {
             mode: self.mode,
             threads: self.threads,
             pool: self.pool.clone(),
+            stats: Mutex::new(RunStats::default()),
         }))
     }
+}
+
+/// The element count of `shape` when both it and its byte size in `dtype` fit a `usize`.
+pub(crate) fn checked_numel(shape: &[usize], dtype: DType) -> Option<usize> {
+    let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))?;
+    n.checked_mul(dtype.size_of())?;
+    Some(n)
 }
 
 /// What a run needs to know about the graph beyond its nodes.
@@ -184,24 +254,54 @@ pub(crate) struct Plan {
     pub graph: Graph,
     /// The last node that reads each node (or `usize::MAX` for outputs, kept to the end).
     pub last_use: Vec<usize>,
+    /// For a `State` read or a `WriteState` value that no later write of the same state follows:
+    /// the index (into `alias_states`) of the state whose storage the value borrows instead of
+    /// copying (settled decision 13). Other nodes: `None`, and such a state value is a snapshot.
+    pub alias: Vec<Option<usize>>,
+    /// The states some value aliases, each once: a run holds one read lock on each, taken after
+    /// the state's last write, so no write ever waits on a lock of the same run.
+    pub alias_states: Vec<String>,
 }
 
 impl Plan {
     fn new(graph: &Graph) -> Plan {
         let n = graph.nodes().len();
         let mut last_use = vec![0; n];
+        let mut last_write: HashMap<&str, usize> = HashMap::new();
         for (i, node) in graph.nodes().iter().enumerate() {
             last_use[i] = i;
             for &j in &node.inputs {
                 last_use[j.0] = i;
             }
+            if let Op::WriteState { name, .. } = &node.op {
+                last_write.insert(name, i);
+            }
         }
         for (_, id) in graph.outputs() {
             last_use[id.0] = usize::MAX;
         }
+        let mut alias = vec![None; n];
+        let mut alias_states: Vec<String> = Vec::new();
+        for (i, node) in graph.nodes().iter().enumerate() {
+            let name = match &node.op {
+                Op::State { name } if last_write.get(name.as_str()).is_none_or(|&w| w < i) => name,
+                Op::WriteState { name, .. } if last_write.get(name.as_str()) == Some(&i) => name,
+                _ => continue,
+            };
+            let slot = match alias_states.iter().position(|s| s == name) {
+                Some(k) => k,
+                None => {
+                    alias_states.push(name.clone());
+                    alias_states.len() - 1
+                }
+            };
+            alias[i] = Some(slot);
+        }
         Plan {
             graph: graph.clone(),
             last_use,
+            alias,
+            alias_states,
         }
     }
 
@@ -294,6 +394,19 @@ fn write_state(
     Ok(())
 }
 
+/// The storage of state `buf` under the run's one read lock on it, taken on first use.
+fn alias_lock<'c, 'b>(
+    cell: &'c OnceCell<RwLockReadGuard<'b, Tensor>>,
+    buf: &'b CpuBuffer,
+) -> StorageRef<'c> {
+    cell.get_or_init(|| buf.read_lock()).storage().as_ref()
+}
+
+/// The size of `s` in bytes, for the run statistics.
+pub(crate) fn byte_len(s: StorageRef<'_>) -> u64 {
+    s.as_bytes().len() as u64
+}
+
 fn resolve_offset(offset: &Offset, bindings: &Bindings) -> Result<usize> {
     match offset {
         Offset::Fixed(n) => Ok(*n),
@@ -306,6 +419,8 @@ struct CpuProgram {
     mode: Mode,
     threads: usize,
     pool: Option<Arc<rayon::ThreadPool>>,
+    /// The counts of the latest completed run.
+    stats: Mutex<RunStats>,
 }
 
 struct Done(Vec<Tensor>);
@@ -319,17 +434,27 @@ impl Pending for Done {
 impl Program for CpuProgram {
     fn submit<'a>(&'a self, args: RunArgs<'a>) -> Result<Box<dyn Pending + 'a>> {
         // The CPU computes during submit: its "device" is the calling thread and the pool.
+        let mut stats = RunStats::default();
         let out = match (self.mode, &self.pool) {
-            (Mode::Fast, Some(pool)) => pool.install(|| self.run_fast(&args)),
-            (Mode::Fast, None) => self.run_fast(&args),
-            (Mode::Reference, _) => reference::run(&self.plan, &args),
+            (Mode::Fast, Some(pool)) => pool.install(|| self.run_fast(&args, &mut stats)),
+            (Mode::Fast, None) => self.run_fast(&args, &mut stats),
+            (Mode::Reference, _) => reference::run(&self.plan, &args, &mut stats),
         }?;
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = stats;
         Ok(Box::new(Done(out)))
+    }
+
+    /// `state_elements_written`: elements stored by state writes; `bytes_copied`: bytes of
+    /// state snapshots (a state value that a later write of the same state follows; other state
+    /// values borrow the state); `bytes_read_back`: bytes copied into outputs from borrowed data
+    /// (inputs, weights, states). Launches and passes stay empty: the CPU runs no kernels.
+    fn stats(&self) -> RunStats {
+        self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
 impl CpuProgram {
-    fn run_fast(&self, args: &RunArgs<'_>) -> Result<Vec<Tensor>> {
+    fn run_fast(&self, args: &RunArgs<'_>, stats: &mut RunStats) -> Result<Vec<Tensor>> {
         let plan = &self.plan;
         let nodes = plan.graph.nodes();
         let shapes = plan.shapes(args.bindings)?;
@@ -344,6 +469,10 @@ impl CpuProgram {
                 guards.push(cpu_buffer(buf, name)?.read_lock());
             }
         }
+        // One read lock per aliased state, taken at its first aliased value (after the state's
+        // last write of the graph) and held to the end of the run.
+        let state_guards: Vec<OnceCell<RwLockReadGuard<'_, Tensor>>> =
+            plan.alias_states.iter().map(|_| OnceCell::new()).collect();
         let mut weights = guards.iter();
         let mut vals: Vec<Option<Val<'_>>> = Vec::with_capacity(nodes.len());
         for (i, node) in nodes.iter().enumerate() {
@@ -361,7 +490,16 @@ impl CpuProgram {
                     None => return Err(Error::InvalidGraph("weight lock lost".to_string())),
                 },
                 Op::State { name } => {
-                    Val::Own(self.state(args, name)?.read_lock().storage().clone())
+                    let buf = self.state(args, name)?;
+                    match plan.alias[i] {
+                        Some(slot) => Val::Ref(alias_lock(&state_guards[slot], buf)),
+                        None => {
+                            // A later write follows: this read is a snapshot at its position.
+                            let snapshot = buf.read_lock().storage().clone();
+                            stats.bytes_copied += byte_len(snapshot.as_ref());
+                            Val::Own(snapshot)
+                        }
+                    }
                 }
                 Op::WriteState { name, axis, offset } => {
                     let off = resolve_offset(offset, args.bindings)?;
@@ -369,12 +507,22 @@ impl CpuProgram {
                     let value =
                         value.ok_or_else(|| Error::InvalidGraph(format!("%{i}: operand freed")))?;
                     let buf = self.state(args, name)?;
-                    let mut t = buf.tensor.write().unwrap_or_else(|e| e.into_inner());
-                    write_state(name, &mut t, value, &shapes[node.inputs[0].0], *axis, off)?;
-                    if plan.last_use[i] > i {
-                        Val::Own(t.storage().clone())
-                    } else {
+                    {
+                        let mut t = buf.write_lock();
+                        let vshape = &shapes[node.inputs[0].0];
+                        write_state(name, &mut t, value, vshape, *axis, off)?;
+                    }
+                    stats.state_elements_written += value.len() as u64;
+                    if plan.last_use[i] == i {
+                        // Nothing reads the state after the write.
                         Val::Own(Storage::zeros(node.dtype, 0))
+                    } else if let Some(slot) = plan.alias[i] {
+                        Val::Ref(alias_lock(&state_guards[slot], buf))
+                    } else {
+                        // A later write of the same state follows: copy this one's result.
+                        let snapshot = buf.read_lock().storage().clone();
+                        stats.bytes_copied += byte_len(snapshot.as_ref());
+                        Val::Own(snapshot)
                     }
                 }
                 _ => {
@@ -410,6 +558,9 @@ impl CpuProgram {
                 Some(Val::Own(s)) if last => s,
                 Some(v) => {
                     let s = v.get().to_owned();
+                    if matches!(v, Val::Ref(_)) {
+                        stats.bytes_read_back += byte_len(s.as_ref());
+                    }
                     vals[id.0] = Some(v);
                     s
                 }

@@ -4,13 +4,13 @@
 
 use half::{bf16, f16};
 
-use super::{Plan, cpu_buffer, resolve_offset, split_axis, write_state};
-use crate::backend::RunArgs;
+use super::{Plan, byte_len, cpu_buffer, resolve_offset, split_axis, write_state};
+use crate::backend::{RunArgs, RunStats};
 use crate::dtype::{DType, Rounding};
 use crate::error::{Error, Result};
 use crate::ir::{Node, Op, ReduceOp};
 use crate::shape::broadcast_strides;
-use crate::tensor::{Storage, Tensor};
+use crate::tensor::{Storage, Tensor, constant_storage};
 
 /// Rounds an f64 to what `dtype` stores, returned as f64.
 fn round_to(x: f64, dtype: DType) -> f64 {
@@ -142,13 +142,10 @@ fn eval(node: &Node, ins: &[(&[f64], &[usize], DType)], out: &[usize]) -> Result
             .map(|&x| f64::from(x as u32 as i32))
             .collect(),
         Op::Cast { .. } => ins[0].0.to_vec(),
-        Op::Constant { values } => {
-            if values.len() == 1 {
-                vec![values[0]; n]
-            } else {
-                values.clone()
-            }
-        }
+        // The one constant rule every backend shares (exact for integers).
+        Op::Constant { values } => constant_storage(values, node.dtype, n)?
+            .as_ref()
+            .to_f64_vec(),
         Op::Input { .. } | Op::Weight { .. } | Op::State { .. } | Op::WriteState { .. } => {
             return Err(Error::InvalidGraph(format!(
                 "{} has no kernel",
@@ -163,8 +160,14 @@ fn same_dtype_cast(node: &Node, ins: &[(&[f64], &[usize], DType)]) -> bool {
     matches!(node.op, Op::Cast { .. }) && ins[0].2 == node.dtype
 }
 
-/// Runs the whole plan in f64.
-pub(super) fn run(plan: &Plan, args: &RunArgs<'_>) -> Result<Vec<Tensor>> {
+/// f64 values already rounded to `dtype` as storage (exact: integers never pass through f32).
+fn stored(dtype: DType, v: &[f64]) -> Result<Storage> {
+    constant_storage(v, dtype, v.len())
+}
+
+/// Runs the whole plan in f64. Every state read and state value is a copy here (counted in
+/// `stats.bytes_copied`).
+pub(super) fn run(plan: &Plan, args: &RunArgs<'_>, stats: &mut RunStats) -> Result<Vec<Tensor>> {
     let shapes = plan.shapes(args.bindings)?;
     let mut vals: Vec<Vec<f64>> = Vec::with_capacity(plan.graph.nodes().len());
     for (i, node) in plan.graph.nodes().iter().enumerate() {
@@ -185,15 +188,20 @@ pub(super) fn run(plan: &Plan, args: &RunArgs<'_>) -> Result<Vec<Tensor>> {
                 })?;
                 cpu_buffer(buf, name)?.read_lock().to_f64_vec()
             }
-            Op::State { name } => state(args, name)?.read_lock().to_f64_vec(),
+            Op::State { name } => {
+                let t = state(args, name)?.read_lock();
+                stats.bytes_copied += byte_len(t.storage().as_ref());
+                t.to_f64_vec()
+            }
             Op::WriteState { name, axis, offset } => {
                 let j = node.inputs[0].0;
-                let value =
-                    Storage::from_f32(node.dtype, vals[j].iter().map(|&x| x as f32).collect());
+                let value = stored(node.dtype, &vals[j])?;
                 let off = resolve_offset(offset, args.bindings)?;
                 let buf = state(args, name)?;
-                let mut t = buf.tensor.write().unwrap_or_else(|e| e.into_inner());
+                let mut t = buf.write_lock();
                 write_state(name, &mut t, value.as_ref(), &shapes[j], *axis, off)?;
+                stats.state_elements_written += value.len() as u64;
+                stats.bytes_copied += byte_len(t.storage().as_ref());
                 t.to_f64_vec()
             }
             _ => {
@@ -242,13 +250,7 @@ pub(super) fn run(plan: &Plan, args: &RunArgs<'_>) -> Result<Vec<Tensor>> {
         .outputs()
         .iter()
         .map(|(_, id)| {
-            let v: Vec<f32> = vals[id.0].iter().map(|&x| x as f32).collect();
-            let dtype = plan.graph.nodes()[id.0].dtype;
-            let storage = match dtype {
-                DType::U32 => Storage::U32(vals[id.0].iter().map(|&x| x as u32).collect()),
-                DType::I32 => Storage::I32(vals[id.0].iter().map(|&x| x as i32).collect()),
-                _ => Storage::from_f32(dtype, v),
-            };
+            let storage = stored(plan.graph.nodes()[id.0].dtype, &vals[id.0])?;
             Tensor::from_storage(&shapes[id.0], storage)
         })
         .collect()

@@ -12,7 +12,7 @@ use super::layout::{device_bytes, to_device};
 use crate::backend::RunStats;
 use crate::error::Result;
 use crate::ir::{Graph, Node};
-use crate::tensor::Storage;
+use crate::tensor::constant_storage;
 
 /// Where a node's value lives during a run.
 #[derive(Clone, Debug)]
@@ -203,13 +203,8 @@ impl WgpuProgram {
                 }
                 Value::Constant(values) => {
                     let dims = &maxima[i];
-                    let count: usize = dims.iter().product();
-                    let v: Vec<f32> = if values.len() == 1 {
-                        vec![values[0] as f32; count]
-                    } else {
-                        values.iter().map(|&x| x as f32).collect()
-                    };
-                    let storage = Storage::from_f32(node.dtype, v);
+                    // The CPU's exact rule: integers never pass through f32.
+                    let storage = constant_storage(values, node.dtype, dims.iter().product())?;
                     let image = to_device(storage.as_ref(), dims);
                     let buf = ctx.storage(bytes, "constant")?;
                     if !image.is_empty() {

@@ -2,7 +2,8 @@
 //! elementwise ops and matmuls store f16 or bf16, rounding to nearest even or stochastically,
 //! while reductions stay f32 and nodes marked keep-f32 (a residual stream) stay f32 (settled
 //! decision 4). Casts are inserted where operand dtypes now differ; the graph's inputs, weights,
-//! states and outputs keep their dtypes, so callers see the same interface.
+//! states and outputs keep their dtypes, so callers see the same interface. Constants stay as
+//! built; where they meet converted nodes they are cast to nearest even, never stochastically.
 
 use std::collections::HashMap;
 
@@ -39,8 +40,11 @@ impl Rewriter {
         if let Some(&c) = self.casts.get(&(id, d)) {
             return Ok(c);
         }
-        // Widening is exact; narrowing uses the policy's rounding.
-        let r = if d == DType::F32 {
+        // Widening is exact; narrowing uses the policy's rounding, except for a constant, which
+        // never rounds stochastically (settled by `Graph::set_rounding`): it is narrowed to
+        // nearest even, the same bits on every backend and every run.
+        let constant = matches!(self.out.node(id)?.op, Op::Constant { .. });
+        let r = if d == DType::F32 || constant {
             Rounding::NearestEven
         } else {
             rounding
