@@ -9,7 +9,6 @@ use super::split_axis;
 use crate::backend::DeviceBuffer;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::shape::fmt_dims;
 use crate::tensor::{Storage, StorageRef, Tensor, TensorView};
 
 /// A tensor in host memory. The lock lets a program write a state in place.
@@ -59,15 +58,12 @@ impl DeviceBuffer for CpuBuffer {
     fn as_any(&self) -> &dyn Any {
         self
     }
+    /// In place under the write lock. A tensor of another shape or dtype is `Ok(false)` (the
+    /// caller then uploads a new buffer).
     fn write(&self, tensor: TensorView<'_>) -> Result<bool> {
         let mut t = self.write_lock();
-        if t.shape() != tensor.shape() || t.dtype() != tensor.dtype() {
-            return Err(Error::TensorMismatch {
-                kind: "buffer write",
-                name: String::new(),
-                expected: format!("{}{}", t.dtype(), fmt_dims(t.shape())),
-                got: format!("{}{}", tensor.dtype(), fmt_dims(tensor.shape())),
-            });
+        if t.shape() != tensor.shape() {
+            return Ok(false);
         }
         Ok(copy_storage(t.storage_mut(), tensor.data()))
     }
