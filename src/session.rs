@@ -4,7 +4,10 @@
 //! Weights are uploaded once, in the storage dtype chosen at load (rounded to nearest even).
 //! States outlive runs and are shared by every program compiled in the session (a prefill and a
 //! decode program share one KV cache). A run checks every input, weight and state against the
-//! graph and returns an `Err` naming the mismatch; it never panics.
+//! graph and returns an `Err` naming the mismatch; it never panics. An input the graph declared
+//! but dead-node elimination removed is accepted (and checked), so one input set serves several
+//! programs. Run statistics ([`Session::last_run_stats`], [`Session::total_stats`]) sum what
+//! the segments' programs counted, so tests assert cost without timing.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
