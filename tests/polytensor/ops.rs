@@ -212,7 +212,10 @@ fn integer_constants_and_states_stay_exact() {
     }
     let want_u = Tensor::new(&[3], vec![16_777_217u32, u32::MAX, 0]).expect("u");
     let want_i = Tensor::new(&[3], vec![-16_777_217i32, i32::MAX, i32::MIN]).expect("i");
-    for device in [Device::cpu(), Device::reference()] {
+    // Every device under test (GPUs included: no trip through f32 there either).
+    let mut devices = crate::common::devices_under_test();
+    devices.push(Device::reference());
+    for device in devices {
         let name = device.info().name.clone();
         let mut s = Session::new(&device);
         s.create_state("su", &[3], DType::U32).expect("state");

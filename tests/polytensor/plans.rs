@@ -215,7 +215,8 @@ fn unsupported_graphs_are_errors_or_fall_back_never_panics() {
     let bi = g5.input("b", [4, 2], DType::F32);
     let m = g5.matmul(ai, bi).expect("matmul");
     g5.output("m", m).expect("m");
-    let cases: [(&Graph, Vec<(&str, &Tensor)>, &str); 2] = [
+    type Case<'a> = (&'a Graph, Vec<(&'a str, &'a Tensor)>, &'a str);
+    let cases: [Case<'_>; 2] = [
         (&g9, vec![("x", &x)], "rank 9"),
         (&g5, vec![("a", &a5), ("b", &b5)], "batch dimensions"),
     ];
@@ -267,5 +268,24 @@ fn a_validation_error_reaches_only_the_run_that_caused_it() {
             out.get("y").expect("y").to_f32_vec(),
             vec![-1.0, -2.0, -3.0, -4.0, -5.0]
         );
+    }
+}
+
+#[test]
+fn lavapipe_subgroup_width_follows_the_environment() {
+    // CI's third pass runs lavapipe at LP_NATIVE_VECTOR_WIDTH=128: its subgroups are then 4
+    // wide (8 by default), so the kernels run at a width they were not tuned for.
+    let want = match std::env::var("LP_NATIVE_VECTOR_WIDTH").as_deref() {
+        Ok("128") => "yes, size 4..4",
+        Ok(_) => return,
+        Err(_) => "yes, size 8..8",
+    };
+    for device in gpus() {
+        let info = device.info();
+        if info.api != "Vulkan" || !info.name.contains("llvmpipe") {
+            continue;
+        }
+        let sub = info.details.iter().find(|(k, _)| k == "subgroups");
+        assert_eq!(sub.map(|(_, v)| v.as_str()), Some(want), "{}", info.name);
     }
 }
