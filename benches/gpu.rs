@@ -57,9 +57,30 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {
 }
 "#;
 
+/// Medians of `fs`, timed in alternation (one call of each per round) so that drift on a shared
+/// machine hits every candidate alike.
+fn alternate(budget: Duration, fs: &mut [&mut dyn FnMut()]) -> Vec<f64> {
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); fs.len()];
+    let start = Instant::now();
+    while times[0].len() < 5 || (start.elapsed() < budget && times[0].len() < 400) {
+        for (f, t) in fs.iter_mut().zip(&mut times) {
+            let t0 = Instant::now();
+            f();
+            t.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        })
+        .collect()
+}
+
 /// Raw wgpu: `chain` dependent dispatches of a 64-element add (c = a + b, ping-ponging two
-/// buffers) in one compute pass and one submission, then a readback. Median seconds per run.
-fn raw_chain(adapter: &wgpu::Adapter, chain: usize, budget: Duration) -> f64 {
+/// buffers) in one compute pass and one submission, then a readback: one run per call.
+fn raw_chain(adapter: &wgpu::Adapter, chain: usize) -> impl FnMut() {
     let (device, queue) =
         pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default()))
             .expect("device");
@@ -109,7 +130,7 @@ fn raw_chain(adapter: &wgpu::Adapter, chain: usize, budget: Duration) -> f64 {
     };
     let groups = [bind(&p0, &p1), bind(&p1, &p0)];
     let ones = vec![1f32; 64];
-    median(budget, || {
+    move || {
         queue.write_buffer(&x, 0, bytemuck::cast_slice(&ones));
         queue.write_buffer(&p0, 0, bytemuck::cast_slice(&ones));
         let mut enc = device.create_command_encoder(&Default::default());
@@ -132,11 +153,12 @@ fn raw_chain(adapter: &wgpu::Adapter, chain: usize, budget: Duration) -> f64 {
             bytemuck::pod_collect_to_vec(&staging.get_mapped_range(..).expect("range"));
         staging.unmap();
         assert_eq!(out[0], 1.0 + chain as f32);
-    })
+    }
 }
 
-/// polytensor: `chain` dependent adds (y = y + x) in one graph, one `Session::run` with readback.
-fn session_chain(device: &Device, chain: usize, budget: Duration) -> f64 {
+/// polytensor: `chain` dependent adds (y = y + x) in one graph, one `Session::run` with readback
+/// per call.
+fn session_chain(device: &Device, chain: usize) -> impl FnMut() {
     let x = Tensor::new(&[64], vec![1f32; 64]).expect("x");
     let mut g = Graph::new();
     let xi = g.input("x", [64], DType::F32);
@@ -148,10 +170,10 @@ fn session_chain(device: &Device, chain: usize, budget: Duration) -> f64 {
     let mut s = Session::new(device);
     s.set_fallback(FallbackPolicy::Deny);
     let p = s.compile(&g).expect("compile");
-    median(budget, || {
+    move || {
         let out = s.run(&p, &[("x", x.view())], &[]).expect("run");
         assert_eq!(out.get("y").expect("y").to_f32_vec()[0], 1.0 + chain as f32);
-    })
+    }
 }
 
 /// A raw wgpu submit-and-wait of a 64-element add: write the inputs, dispatch, copy to a
@@ -265,9 +287,9 @@ fn main() {
             .expect("same adapter");
         // Launch cost, measured in the same run: 256 dependent launches, per launch.
         const CHAIN: usize = 256;
-        let ours = session_chain(device, CHAIN, budget) / CHAIN as f64;
-        let raw = raw_chain(adapter, CHAIN, budget) / CHAIN as f64;
-        launches.push((name.clone(), ours, raw));
+        let (mut ours, mut raw) = (session_chain(device, CHAIN), raw_chain(adapter, CHAIN));
+        let t = alternate(budget * 2, &mut [&mut ours, &mut raw]);
+        launches.push((name.clone(), t[0] / CHAIN as f64, t[1] / CHAIN as f64));
         if launch_only {
             continue;
         }

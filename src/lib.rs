@@ -1,8 +1,8 @@
 //! # polytensor
 //!
 //! A hardware-agnostic tensor execution runtime: build a graph with a small IR, compile it for a
-//! device (a fast CPU backend today; WGSL on `wgpu` next), and run it many times. Low precision is
-//! first-class: f32, f16 and bf16 storage with f32 accumulation.
+//! device (a fast CPU backend, or WGSL compute shaders on any `wgpu` adapter), and run it many
+//! times. Low precision is first-class: f32, f16 and bf16 storage with f32 accumulation.
 //!
 //! ```
 //! use polytensor::{DType, Device, Graph, Session, Tensor, Dim};

@@ -329,10 +329,10 @@ impl Session {
         })
     }
 
-    /// Runs `program` with named `inputs` (borrowed, never copied when the dtype matches) and
-    /// `bindings` for symbolic dimensions and per-run scalars. Symbolic dimensions of inputs are
-    /// bound from the inputs' shapes; `bindings` may give them too, and must give every other
-    /// symbol. Advances the run counter.
+    /// Runs `program` with named `inputs` (borrowed: the CPU reads them in place, a GPU copies
+    /// each once into device memory) and `bindings` for symbolic dimensions and per-run scalars.
+    /// Symbolic dimensions of inputs are bound from the inputs' shapes; `bindings` may give them
+    /// too, and must give every other symbol. Advances the run counter.
     pub fn run(
         &mut self,
         program: &Compiled,

@@ -289,3 +289,12 @@ fn lavapipe_subgroup_width_follows_the_environment() {
         assert_eq!(sub.map(|(_, v)| v.as_str()), Some(want), "{}", info.name);
     }
 }
+
+#[test]
+fn a_failed_readback_unmaps_every_staging_buffer() {
+    for device in gpus() {
+        let got = polytensor::backend::wgpu::readback_after_a_failed_map(&device)
+            .unwrap_or_else(|e| panic!("{}: {e}", device.info().name));
+        assert_eq!(got, vec![0u8; 16], "{}", device.info().name);
+    }
+}

@@ -328,6 +328,37 @@ pub fn validation_error_in_a_run(device: &Device) -> Result<()> {
     })
 }
 
+/// Test hook: a readback of two buffers where the second cannot map (it is mapped already)
+/// must fail and leave the first unmapped, so that it reads again. Returns the second,
+/// successful read of the first buffer.
+#[doc(hidden)]
+pub fn readback_after_a_failed_map(device: &Device) -> Result<Vec<u8>> {
+    let backend = device
+        .backend()
+        .as_any()
+        .and_then(|b| b.downcast_ref::<WgpuBackend>())
+        .ok_or_else(|| Error::Unsupported("not a wgpu device".to_string()))?;
+    let ctx = backend.ctx()?;
+    let (first, second) = (ctx.staging(16), ctx.staging(16));
+    ctx.read_back(&[(&second, 16)])?;
+    // Map `second` and keep it mapped: the next readback of it fails.
+    second.map_async(wgpu::MapMode::Read, 0..16, |_| {});
+    ctx.device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| Error::Device {
+            device: ctx.name.clone(),
+            msg: e.to_string(),
+        })?;
+    if ctx.read_back(&[(&first, 16), (&second, 16)]).is_ok() {
+        return Err(Error::Device {
+            device: ctx.name.clone(),
+            msg: "mapping a mapped buffer succeeded".to_string(),
+        });
+    }
+    second.unmap();
+    ctx.read_back(&[(&first, 16)]).map(|mut v| v.remove(0))
+}
+
 /// `POLYTENSOR_KERNELS`: `gpu` forces the kernel classes meant for real GPUs (workgroup
 /// memory) on CPU-emulated adapters too; unset, empty or `auto` chooses by adapter.
 fn kernels_override() -> std::result::Result<bool, String> {
