@@ -249,4 +249,34 @@ impl Op {
     pub fn is_reduce(&self) -> bool {
         matches!(self, Op::Reduce { .. })
     }
+
+    /// What a precision policy does with the op (`ir::passes::precision`).
+    pub fn precision_class(&self) -> PrecisionClass {
+        match self {
+            Op::Input { .. } | Op::Weight { .. } | Op::State { .. } | Op::Constant { .. } => {
+                PrecisionClass::Source
+            }
+            Op::Cast { .. } => PrecisionClass::Cast,
+            Op::WriteState { .. } => PrecisionClass::StateWrite,
+            Op::Reduce { .. } => PrecisionClass::F32,
+            Op::Unary(_) | Op::Binary(_) | Op::MatMul { .. } => PrecisionClass::Converted,
+        }
+    }
+}
+
+/// How the precision policy treats an op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrecisionClass {
+    /// Kept as declared (inputs, weights, states, constants).
+    Source,
+    /// A cast keeps its own target and rounding.
+    Cast,
+    /// The value is converted to the state's dtype.
+    StateWrite,
+    /// Accumulates and stores in f32 (reductions, softmax, norms), whatever the policy.
+    F32,
+    /// Stores the policy's dtype with its rounding (elementwise ops, matmul).
+    Converted,
+    /// Operands and output keep their dtypes (data movement, index outputs): copied as is.
+    Keep,
 }

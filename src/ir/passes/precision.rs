@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use crate::dtype::{DType, Rounding};
 use crate::error::{Error, Result};
 use crate::ir::graph::{Graph, NodeId};
-use crate::ir::op::Op;
+use crate::ir::op::{Op, PrecisionClass};
 use crate::ir::passes::validate;
 
 /// Where a policy stores values.
@@ -78,22 +78,32 @@ pub fn precision(graph: &Graph, policy: Precision) -> Result<Graph> {
             Rounding::NearestEven
         };
         let ins: Vec<NodeId> = node.inputs.iter().map(|j| map[j.0]).collect();
-        let id = match &node.op {
-            Op::Input { .. } | Op::Weight { .. } | Op::State { .. } | Op::Constant { .. } => {
-                rw.out.push(node.clone())
+        let id = match node.op.precision_class() {
+            PrecisionClass::Source => rw.out.push(node.clone()),
+            PrecisionClass::Cast => {
+                let Op::Cast { to, rounding: r } = &node.op else {
+                    return Err(Error::InvalidGraph(format!(
+                        "%{i}: a cast class without a cast"
+                    )));
+                };
+                rw.out.cast_with(ins[0], *to, *r)?
             }
-            Op::Cast { to, rounding: r } => rw.out.cast_with(ins[0], *to, *r)?,
-            Op::WriteState { .. } => {
+            PrecisionClass::StateWrite => {
                 let v = rw.as_dtype(ins[0], node.dtype, rounding)?;
                 rw.out.op(node.op.clone(), vec![v])?
             }
-            Op::Reduce { .. } => {
-                // Reductions accumulate and store in f32, then match the original dtype.
-                let x = rw.as_dtype(ins[0], DType::F32, rounding)?;
-                let r = rw.out.op(node.op.clone(), vec![x])?;
+            PrecisionClass::F32 => {
+                // Reductions accumulate and store in f32, then match the original dtype. Extra
+                // operands (a norm's weight) are read as f32 too.
+                let mut xs = Vec::with_capacity(ins.len());
+                for &x in &ins {
+                    xs.push(rw.as_dtype(x, DType::F32, rounding)?);
+                }
+                let r = rw.out.op(node.op.clone(), xs)?;
                 rw.as_dtype(r, node.dtype, rounding)?
             }
-            Op::Unary(_) | Op::Binary(_) | Op::MatMul { .. } => {
+            PrecisionClass::Keep => rw.out.op(node.op.clone(), ins.clone())?,
+            PrecisionClass::Converted => {
                 let convert = node.dtype == DType::F32 && !node.keep_f32;
                 let d = if convert { policy.dtype } else { node.dtype };
                 let mut xs = Vec::with_capacity(ins.len());
