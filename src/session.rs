@@ -165,7 +165,7 @@ impl Session {
         self.totals
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .add(stats);
+            .add_counts(stats);
     }
 
     /// The session's device.

@@ -126,11 +126,14 @@ pub struct RunStats {
     pub pipelines_built: u64,
     /// Bind groups created.
     pub bind_groups_created: u64,
-    /// Kernel launches, in order: which kernel and its grid of workgroups.
+    /// Kernel launches of a run, in order: which kernel and its grid of workgroups (empty in
+    /// totals over many runs, which keep only `launch_count`).
     pub launches: Vec<LaunchStat>,
+    /// Kernel launches, counted.
+    pub launch_count: u64,
     /// Compute passes recorded.
     pub passes: u64,
-    /// Bytes written from the host into device memory (inputs, params, state writes).
+    /// Bytes a run wrote from the host into device memory (inputs, params).
     pub bytes_uploaded: u64,
     /// Bytes copied from one device buffer to another (snapshots, state reads that copy).
     pub bytes_copied: u64,
@@ -141,11 +144,18 @@ pub struct RunStats {
 }
 
 impl RunStats {
-    /// Adds `other`'s counts to these.
+    /// Adds `other` to these: counts, and `other`'s launches after these (the segments of one
+    /// run).
     pub fn add(&mut self, other: &RunStats) {
+        self.launches.extend_from_slice(&other.launches);
+        self.add_counts(other);
+    }
+
+    /// Adds `other`'s counts only, not its list of launches (totals over many runs stay small).
+    pub fn add_counts(&mut self, other: &RunStats) {
         self.pipelines_built += other.pipelines_built;
         self.bind_groups_created += other.bind_groups_created;
-        self.launches.extend_from_slice(&other.launches);
+        self.launch_count += other.launch_count;
         self.passes += other.passes;
         self.bytes_uploaded += other.bytes_uploaded;
         self.bytes_copied += other.bytes_copied;

@@ -250,6 +250,28 @@ impl Op {
         matches!(self, Op::Reduce { .. })
     }
 
+    /// What the op is to a backend's run loop: a source, a state write, or a computation (whose
+    /// kernel the backend finds by the op). Run loops match on this, never on `Op`, so a new
+    /// compute op changes no run loop.
+    pub fn role(&self) -> Role<'_> {
+        match self {
+            Op::Input { name } => Role::Input(name),
+            Op::Weight { name } => Role::Weight(name),
+            Op::State { name } => Role::State(name),
+            Op::Constant { values } => Role::Constant(values),
+            Op::WriteState { name, axis, offset } => Role::WriteState {
+                name,
+                axis: *axis,
+                offset,
+            },
+            Op::MatMul { .. }
+            | Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Reduce { .. }
+            | Op::Cast { .. } => Role::Compute,
+        }
+    }
+
     /// What a precision policy does with the op (`ir::passes::precision`).
     pub fn precision_class(&self) -> PrecisionClass {
         match self {
@@ -262,6 +284,27 @@ impl Op {
             Op::Unary(_) | Op::Binary(_) | Op::MatMul { .. } => PrecisionClass::Converted,
         }
     }
+}
+
+/// An op's role in a run (see [`Op::role`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Role<'a> {
+    /// A tensor given at each run.
+    Input(&'a str),
+    /// A session weight.
+    Weight(&'a str),
+    /// A read of a session state.
+    State(&'a str),
+    /// Literal values.
+    Constant(&'a [f64]),
+    /// An in-place write into a state; the value is the state after the write.
+    WriteState {
+        name: &'a str,
+        axis: usize,
+        offset: &'a Offset,
+    },
+    /// A computation from its operands.
+    Compute,
 }
 
 /// How the precision policy treats an op.

@@ -25,7 +25,7 @@ use crate::backend::{
 };
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::ir::{Graph, NodeId, Offset, Op};
+use crate::ir::{Graph, NodeId, Offset, Role};
 use crate::shape::{Bindings, fmt_dims};
 use crate::tensor::{Storage, StorageRef, Tensor, TensorView};
 
@@ -191,7 +191,7 @@ impl Plan {
             for &j in &node.inputs {
                 last_use[j.0] = i;
             }
-            if let Op::WriteState { name, .. } = &node.op {
+            if let Role::WriteState { name, .. } = node.op.role() {
                 last_write.insert(name, i);
             }
         }
@@ -201,15 +201,20 @@ impl Plan {
         let mut alias = vec![None; n];
         let mut alias_states: Vec<String> = Vec::new();
         for (i, node) in graph.nodes().iter().enumerate() {
-            let name = match &node.op {
-                Op::State { name } if last_write.get(name.as_str()).is_none_or(|&w| w < i) => name,
-                Op::WriteState { name, .. } if last_write.get(name.as_str()) == Some(&i) => name,
-                _ => continue,
+            let name = match node.op.role() {
+                Role::State(name) if last_write.get(name).is_none_or(|&w| w < i) => name,
+                Role::WriteState { name, .. } if last_write.get(name) == Some(&i) => name,
+                Role::Input(_)
+                | Role::Weight(_)
+                | Role::State(_)
+                | Role::Constant(_)
+                | Role::WriteState { .. }
+                | Role::Compute => continue,
             };
             let slot = match alias_states.iter().position(|s| s == name) {
                 Some(k) => k,
                 None => {
-                    alias_states.push(name.clone());
+                    alias_states.push(name.to_string());
                     alias_states.len() - 1
                 }
             };
@@ -309,9 +314,9 @@ impl CpuProgram {
         // Weights are borrowed for the whole run under read locks.
         let mut guards = Vec::new();
         for node in nodes {
-            if let Op::Weight { name } = &node.op {
+            if let Role::Weight(name) = node.op.role() {
                 let buf = args.weights.get(name).ok_or_else(|| Error::UnknownWeight {
-                    name: name.clone(),
+                    name: name.to_string(),
                     known: String::new(),
                 })?;
                 guards.push(cpu_buffer(buf, name)?.read_lock());
@@ -324,20 +329,20 @@ impl CpuProgram {
         let mut weights = guards.iter();
         let mut vals: Vec<Option<Val<'_>>> = Vec::with_capacity(nodes.len());
         for (i, node) in nodes.iter().enumerate() {
-            let val = match &node.op {
-                Op::Input { name } => {
+            let val = match node.op.role() {
+                Role::Input(name) => {
                     let v = args.inputs.get(name).ok_or_else(|| Error::MissingInput {
-                        name: name.clone(),
+                        name: name.to_string(),
                         shape: node.shape.to_string(),
                         dtype: node.dtype,
                     })?;
                     Val::Ref(v.data())
                 }
-                Op::Weight { .. } => match weights.next() {
+                Role::Weight(_) => match weights.next() {
                     Some(g) => Val::Ref(g.storage().as_ref()),
                     None => return Err(Error::InvalidGraph("weight lock lost".to_string())),
                 },
-                Op::State { name } => {
+                Role::State(name) => {
                     let buf = self.state(args, name)?;
                     match plan.alias[i] {
                         Some(slot) => Val::Ref(alias_lock(&state_guards[slot], buf)),
@@ -349,7 +354,7 @@ impl CpuProgram {
                         }
                     }
                 }
-                Op::WriteState { name, axis, offset } => {
+                Role::WriteState { name, axis, offset } => {
                     let off = resolve_offset(offset, args.bindings)?;
                     let value = vals[node.inputs[0].0].as_ref().map(Val::get);
                     let value =
@@ -358,7 +363,7 @@ impl CpuProgram {
                     {
                         let mut t = buf.write_lock();
                         let vshape = &shapes[node.inputs[0].0];
-                        write_state(name, &mut t, value, vshape, *axis, off)?;
+                        write_state(name, &mut t, value, vshape, axis, off)?;
                     }
                     stats.state_elements_written += value.len() as u64;
                     if plan.last_use[i] == i {
@@ -373,7 +378,7 @@ impl CpuProgram {
                         Val::Own(snapshot)
                     }
                 }
-                _ => {
+                Role::Constant(_) | Role::Compute => {
                     let mut ins = Vec::with_capacity(node.inputs.len());
                     for j in &node.inputs {
                         let v = vals[j.0].as_ref().ok_or_else(|| {

@@ -8,7 +8,7 @@ use super::{Plan, byte_len, cpu_buffer, resolve_offset, split_axis, write_state}
 use crate::backend::{RunArgs, RunStats};
 use crate::dtype::{DType, Rounding};
 use crate::error::{Error, Result};
-use crate::ir::{Node, Op, ReduceOp};
+use crate::ir::{Node, Op, ReduceOp, Role};
 use crate::shape::broadcast_strides;
 use crate::tensor::{Storage, Tensor, constant_storage};
 
@@ -171,40 +171,40 @@ pub(super) fn run(plan: &Plan, args: &RunArgs<'_>, stats: &mut RunStats) -> Resu
     let shapes = plan.shapes(args.bindings)?;
     let mut vals: Vec<Vec<f64>> = Vec::with_capacity(plan.graph.nodes().len());
     for (i, node) in plan.graph.nodes().iter().enumerate() {
-        let v = match &node.op {
-            Op::Input { name } => args
+        let v = match node.op.role() {
+            Role::Input(name) => args
                 .inputs
                 .get(name)
                 .map(|t| t.data().to_f64_vec())
                 .ok_or_else(|| Error::MissingInput {
-                    name: name.clone(),
+                    name: name.to_string(),
                     shape: node.shape.to_string(),
                     dtype: node.dtype,
                 })?,
-            Op::Weight { name } => {
+            Role::Weight(name) => {
                 let buf = args.weights.get(name).ok_or_else(|| Error::UnknownWeight {
-                    name: name.clone(),
+                    name: name.to_string(),
                     known: String::new(),
                 })?;
                 cpu_buffer(buf, name)?.read_lock().to_f64_vec()
             }
-            Op::State { name } => {
+            Role::State(name) => {
                 let t = state(args, name)?.read_lock();
                 stats.bytes_copied += byte_len(t.storage().as_ref());
                 t.to_f64_vec()
             }
-            Op::WriteState { name, axis, offset } => {
+            Role::WriteState { name, axis, offset } => {
                 let j = node.inputs[0].0;
                 let value = stored(node.dtype, &vals[j])?;
                 let off = resolve_offset(offset, args.bindings)?;
                 let buf = state(args, name)?;
                 let mut t = buf.write_lock();
-                write_state(name, &mut t, value.as_ref(), &shapes[j], *axis, off)?;
+                write_state(name, &mut t, value.as_ref(), &shapes[j], axis, off)?;
                 stats.state_elements_written += value.len() as u64;
                 stats.bytes_copied += byte_len(t.storage().as_ref());
                 t.to_f64_vec()
             }
-            _ => {
+            Role::Constant(_) | Role::Compute => {
                 let nodes = plan.graph.nodes();
                 let ins: Vec<(&[f64], &[usize], DType)> = node
                     .inputs

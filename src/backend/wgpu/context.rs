@@ -339,22 +339,45 @@ impl Ctx {
             .map_err(|e| self.err(format!("waiting for the device: {e}")));
         // Every buffer that mapped is unmapped on every error path, so the next run can map it
         // again.
+        // After a successful poll every callback runs (perhaps on another thread's poll, a
+        // moment later): wait for them. After a failed poll one may never run: take what came.
         let mut mapped = Vec::new();
+        let mut refused = Vec::new();
+        let results: Vec<(usize, std::result::Result<(), wgpu::BufferAsyncError>)> =
+            if polled.is_ok() {
+                rx.iter().collect()
+            } else {
+                rx.try_iter().collect()
+            };
         let mut failed = polled.err();
-        for (i, r) in rx.iter() {
+        for (i, r) in results {
             match r {
                 Ok(()) => mapped.push(i),
-                Err(e) => failed = Some(self.err(format!("mapping a readback buffer: {e}"))),
+                Err(e) => {
+                    refused.push(i);
+                    failed = Some(self.err(format!("mapping a readback buffer: {e}")));
+                }
             }
         }
         if let Err(e) = self.check() {
             failed.get_or_insert(e);
         }
         if let Some(e) = failed {
-            for i in mapped {
-                bufs[i].0.unmap();
+            // Unmap what mapped, and cancel what is still pending (an unmap does both).
+            for (i, (buf, n)) in bufs.iter().enumerate() {
+                if *n > 0 && !refused.contains(&i) {
+                    buf.unmap();
+                }
             }
             return Err(e);
+        }
+        if mapped.len() + refused.len() < bufs.iter().filter(|(_, n)| *n > 0).count() {
+            for (i, (buf, n)) in bufs.iter().enumerate() {
+                if *n > 0 && !refused.contains(&i) {
+                    buf.unmap();
+                }
+            }
+            return Err(self.err("a readback buffer never mapped".to_string()));
         }
         let mut out = Vec::with_capacity(bufs.len());
         let mut failed = None;

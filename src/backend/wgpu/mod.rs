@@ -197,9 +197,12 @@ impl DeviceBuffer for WgpuBuffer {
     fn read(&self) -> Result<Tensor> {
         let bytes = layout::device_bytes(self.dtype, &self.shape);
         let staging = self.ctx.staging(bytes);
-        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
-        enc.copy_buffer_to_buffer(&self.buffer, 0, &staging, 0, bytes);
-        self.ctx.queue.submit([enc.finish()]);
+        self.ctx.scoped(|| {
+            let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+            enc.copy_buffer_to_buffer(&self.buffer, 0, &staging, 0, bytes);
+            self.ctx.queue.submit([enc.finish()]);
+            Ok(())
+        })?;
         let data = self.ctx.read_back(&[(&staging, bytes)])?;
         layout::from_device(&data[0], self.dtype, &self.shape)
     }
@@ -210,19 +213,22 @@ impl DeviceBuffer for WgpuBuffer {
         if tensor.shape() != self.shape.as_slice() || tensor.dtype() != self.dtype {
             return Ok(false);
         }
-        let image = layout::to_device(tensor.data(), tensor.shape());
-        if !image.is_empty() {
-            self.ctx.queue.write_buffer(&self.buffer, 0, &image);
-        }
-        self.ctx.check()?;
-        Ok(true)
+        // Every device call in an error scope: its errors come back here (decision 7).
+        self.ctx.scoped(|| {
+            let image = layout::to_device(tensor.data(), tensor.shape());
+            if !image.is_empty() {
+                self.ctx.queue.write_buffer(&self.buffer, 0, &image);
+            }
+            Ok(true)
+        })
     }
     fn clear(&self) -> Result<bool> {
-        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
-        enc.clear_buffer(&self.buffer, 0, None);
-        self.ctx.queue.submit([enc.finish()]);
-        self.ctx.check()?;
-        Ok(true)
+        self.ctx.scoped(|| {
+            let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+            enc.clear_buffer(&self.buffer, 0, None);
+            self.ctx.queue.submit([enc.finish()]);
+            Ok(true)
+        })
     }
 }
 
@@ -232,20 +238,26 @@ impl Backend for WgpuBackend {
     }
 
     fn supports(&self, graph: &Graph, node: NodeId) -> std::result::Result<(), String> {
-        graph.node(node).map_err(|e| e.to_string())?;
-        let maxima: Vec<Vec<usize>> = graph.nodes().iter().map(|n| n.shape.max_dims()).collect();
+        let n = graph.node(node).map_err(|e| e.to_string())?;
+        // The maxima of this node and its operands only (placement asks for every node).
+        let mut maxima: Vec<Vec<usize>> = vec![Vec::new(); graph.nodes().len()];
+        for &j in n.inputs.iter().chain(std::iter::once(&node)) {
+            maxima[j.0] = graph.node(j).map_err(|e| e.to_string())?.shape.max_dims();
+        }
         kernels::supports(&program::view(graph, node.0, &maxima), &self.class)
     }
 
     fn upload(&self, tensor: TensorView<'_>) -> Result<Arc<dyn DeviceBuffer>> {
         let ctx = self.ctx()?;
         let bytes = layout::device_bytes(tensor.dtype(), tensor.shape());
-        let buffer = ctx.storage(bytes, "tensor")?;
-        let image = layout::to_device(tensor.data(), tensor.shape());
-        if !image.is_empty() {
-            ctx.queue.write_buffer(&buffer, 0, &image);
-        }
-        ctx.check()?;
+        let buffer = ctx.scoped(|| {
+            let buffer = ctx.storage(bytes, "tensor")?;
+            let image = layout::to_device(tensor.data(), tensor.shape());
+            if !image.is_empty() {
+                ctx.queue.write_buffer(&buffer, 0, &image);
+            }
+            Ok(buffer)
+        })?;
         Ok(Arc::new(WgpuBuffer {
             buffer,
             shape: tensor.shape().to_vec(),
@@ -271,8 +283,7 @@ impl Backend for WgpuBackend {
             });
         }
         // wgpu zero-fills new buffers: no host tensor, no upload.
-        let buffer = ctx.storage(layout::device_bytes(dtype, shape), "state")?;
-        ctx.check()?;
+        let buffer = ctx.scoped(|| ctx.storage(layout::device_bytes(dtype, shape), "state"))?;
         Ok(Arc::new(WgpuBuffer {
             buffer,
             shape: shape.to_vec(),
@@ -302,7 +313,8 @@ impl Backend for WgpuBackend {
         } else {
             graph
         };
-        Ok(Box::new(program::WgpuProgram::new(ctx, graph, self.class)?))
+        let program = ctx.scoped(|| program::WgpuProgram::new(ctx.clone(), graph, self.class))?;
+        Ok(Box::new(program))
     }
 }
 

@@ -7,11 +7,11 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use super::context::{Ctx, Pipeline, Signature};
-use super::kernels::{self, Buf, Class, NodeView, Value};
+use super::kernels::{self, Buf, Class, NodeView};
 use super::layout::{device_bytes, to_device};
 use crate::backend::RunStats;
 use crate::error::Result;
-use crate::ir::{Graph, Node};
+use crate::ir::{Graph, Node, Role};
 use crate::tensor::constant_storage;
 
 /// Where a node's value lives during a run.
@@ -169,7 +169,7 @@ impl WgpuProgram {
         let written_after = |name: &str, i: usize| {
             nodes[i + 1..]
                 .iter()
-                .any(|m| matches!(kernels::value(&m.op), Value::WrittenState(w) if w == name))
+                .any(|m| matches!(m.op.role(), Role::WriteState { name: w, .. } if w == name))
         };
         let align = u64::from(ctx.limits.min_uniform_buffer_offset_alignment).max(16);
         let mut slots = vec![Slot::None; n];
@@ -181,16 +181,16 @@ impl WgpuProgram {
             let bytes = device_bytes(node.dtype, &maxima[i]);
             let used = last_use[i] > i;
             let mut snapshot = None;
-            match kernels::value(&node.op) {
-                Value::Input(name) => {
+            match node.op.role() {
+                Role::Input(name) => {
                     slots[i] = Slot::Buf(pool.pinned(ctx.storage(bytes, name)?, bytes));
                     steps.push(Step::Upload {
                         node: i,
                         name: name.to_string(),
                     });
                 }
-                Value::Weight(name) => slots[i] = Slot::Weight(name.to_string()),
-                Value::State(name) => {
+                Role::Weight(name) => slots[i] = Slot::Weight(name.to_string()),
+                Role::State(name) => {
                     if written_after(name, i) && used {
                         slots[i] = Slot::Buf(pool.alloc(&ctx, bytes)?);
                         steps.push(Step::Snapshot {
@@ -201,7 +201,7 @@ impl WgpuProgram {
                         slots[i] = Slot::State(name.to_string());
                     }
                 }
-                Value::Constant(values) => {
+                Role::Constant(values) => {
                     let dims = &maxima[i];
                     // The CPU's exact rule: integers never pass through f32.
                     let storage = constant_storage(values, node.dtype, dims.iter().product())?;
@@ -212,8 +212,8 @@ impl WgpuProgram {
                     }
                     slots[i] = Slot::Buf(pool.pinned(buf, bytes));
                 }
-                Value::Computed => slots[i] = Slot::Buf(pool.alloc(&ctx, bytes)?),
-                Value::WrittenState(name) => {
+                Role::Compute => slots[i] = Slot::Buf(pool.alloc(&ctx, bytes)?),
+                Role::WriteState { name, .. } => {
                     if used && written_after(name, i) {
                         slots[i] = Slot::Buf(pool.alloc(&ctx, bytes)?);
                         snapshot = Some(name.to_string());
@@ -286,7 +286,6 @@ impl WgpuProgram {
             .map(|(_, id)| ctx.staging(device_bytes(nodes[id.0].dtype, &maxima[id.0])))
             .collect();
         let params = ctx.uniform(params_bytes.max(16));
-        ctx.check()?;
         let built = ctx
             .pipelines_built
             .load(std::sync::atomic::Ordering::Relaxed)

@@ -217,7 +217,12 @@ impl WgpuProgram {
                             continue;
                         };
                         let l = &self.launches[k];
-                        let (pipe, kernel) = &l.pipelines[class.min(l.pipelines.len() - 1)];
+                        let (pipe, kernel) = l.pipelines.get(class).ok_or_else(|| {
+                            Error::InvalidGraph(format!(
+                                "launch {k}: kernel class {class} of {} planned",
+                                l.pipelines.len()
+                            ))
+                        })?;
                         let bg = self.bind_group(k, state, args, stats)?;
                         let p = pass.get_or_insert_with(|| {
                             stats.passes += 1;
@@ -233,6 +238,7 @@ impl WgpuProgram {
                         }
                         p.set_bind_group(0, bg, &[]);
                         p.dispatch_workgroups(grid[0], grid[1], grid[2]);
+                        stats.launch_count += 1;
                         stats.launches.push(LaunchStat {
                             kernel: kernel.clone(),
                             grid,

@@ -55,14 +55,30 @@ pub(crate) enum Kind {
 }
 
 pub(crate) fn key(kind: Kind, a: DType, b: DType, out: DType, sr: bool) -> PipelineKey {
+    // The `OP` codes of elementwise.wgsl's `unary_op` and `binary_op` switches.
     let (entry, op) = match kind {
         Kind::Unary(u) => (
             "unary",
-            UnaryOp::ALL.iter().position(|&x| x == u).unwrap_or(0) as u32,
+            match u {
+                UnaryOp::Neg => 0,
+                UnaryOp::Exp => 1,
+                UnaryOp::Sqrt => 2,
+                UnaryOp::Rsqrt => 3,
+                UnaryOp::Tanh => 4,
+                UnaryOp::Gelu => 5,
+                UnaryOp::Silu => 6,
+                UnaryOp::Relu => 7,
+            },
         ),
         Kind::Binary(o) => (
             "binary",
-            BinaryOp::ALL.iter().position(|&x| x == o).unwrap_or(0) as u32,
+            match o {
+                BinaryOp::Add => 0,
+                BinaryOp::Sub => 1,
+                BinaryOp::Mul => 2,
+                BinaryOp::Div => 3,
+                BinaryOp::Max => 4,
+            },
         ),
         Kind::Convert => ("convert", 0),
     };

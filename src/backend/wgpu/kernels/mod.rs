@@ -9,7 +9,8 @@
 //!   params bytes and grid, or skip). The launch count is fixed at compile.
 //!
 //! `program.rs` and `run.rs` derive bind-group layouts from the binding lists and never look at
-//! the op. This file is the one place that names each op's family (exhaustive matches, no `_`).
+//! the op (they ask `Op::role`). This file is the one place that names each op's family
+//! (exhaustive matches, no `_`).
 
 mod cast;
 mod elementwise;
@@ -142,33 +143,6 @@ impl Go {
             params: bytemuck::bytes_of(params).to_vec(),
             grid,
             state_elements: 0,
-        }
-    }
-}
-
-/// What a node's value is, for the program planner.
-pub(crate) enum Value<'a> {
-    Input(&'a str),
-    Weight(&'a str),
-    /// The state itself (a read).
-    State(&'a str),
-    Constant(&'a [f64]),
-    /// Computed into a buffer of the program by the node's launches.
-    Computed,
-    /// Computed in place into the state `name`; the value is the state after the write.
-    WrittenState(&'a str),
-}
-
-/// The node's value kind.
-pub(crate) fn value(op: &Op) -> Value<'_> {
-    match op {
-        Op::Input { name } => Value::Input(name),
-        Op::Weight { name } => Value::Weight(name),
-        Op::State { name } => Value::State(name),
-        Op::Constant { values } => Value::Constant(values),
-        Op::WriteState { name, .. } => Value::WrittenState(name),
-        Op::MatMul { .. } | Op::Unary(_) | Op::Binary(_) | Op::Reduce { .. } | Op::Cast { .. } => {
-            Value::Computed
         }
     }
 }
