@@ -147,6 +147,30 @@ fn a_kv_cache_append_costs_what_it_writes() {
                     );
                 }
             }
+            // set_state and create_state of the same shape and dtype write in place: the
+            // programs' bind groups stay valid (none is rebuilt) and see the new contents.
+            s.set_state("kv", init.view()).expect("set again");
+            let out = s
+                .run(&p, &[("v", value.view())], &[("pos", 0)])
+                .expect("run after set_state");
+            assert_eq!(s.last_run_stats().bind_groups_created, 0, "{name} {dtype}");
+            let got = out.get("kv").expect("kv").as_bytes();
+            let row = 3 * es;
+            assert_eq!(
+                &got[5 * row..6 * row],
+                &init.as_bytes()[5 * row..6 * row],
+                "{name}"
+            );
+            s.create_state("kv", &[2, 1100, 3], dtype).expect("reset");
+            let out = s
+                .run(&p, &[("v", value.view())], &[("pos", 0)])
+                .expect("run after create_state");
+            assert_eq!(s.last_run_stats().bind_groups_created, 0, "{name} {dtype}");
+            let got = out.get("kv").expect("kv").as_bytes();
+            assert!(
+                got[5 * row..1100 * row].iter().all(|&b| b == 0),
+                "{name} {dtype}: zeros"
+            );
         }
     }
 }
