@@ -141,6 +141,7 @@ fn rows(op: &Op, x: &[f64], len: usize, params: &[&[f64]], n: usize) -> Vec<f64>
                     y.push((v - mean) * r * w + b);
                 }
             }
+            // Only the row ops reach here (`eval`'s match).
             _ => {
                 // Argmax: NaN above every number (the first NaN wins), ties to the lowest index
                 // (`>` keeps the earlier of equal values; −0 == +0).
