@@ -7,7 +7,7 @@
 override DT_A: u32 = 0u;
 override DT_B: u32 = 0u;
 override DT_OUT: u32 = 0u;
-// Unary: 0 neg, 1 exp, 2 sqrt, 3 rsqrt, 4 tanh, 5 gelu, 6 silu, 7 relu.
+// Unary: 0 neg, 1 exp, 2 sqrt, 3 rsqrt, 4 tanh, 5 gelu, 6 silu, 7 relu, 8 erf, 9 gelu_erf.
 // Binary: 0 add, 1 sub, 2 mul, 3 div, 4 max.
 override OP: u32 = 0u;
 override WG: u32 = 256u;
@@ -75,6 +75,94 @@ fn offsets(l: u32) -> vec2<u32> {
     return vec2<u32>(oa, ob);
 }
 
+// erf and erfc in f32: FreeBSD's s_erff.c (as in musl and Rust's libm, which the CPU uses), with
+// its coefficients. WGSL has no erf. The notice that code asks to keep:
+//   Copyright (C) 1993 by Sun Microsystems, Inc. All rights reserved.
+//   Developed at SunPro, a Sun Microsystems, Inc. business.
+//   Permission to use, copy, modify, and distribute this software is freely granted,
+//   provided that this notice is preserved.
+// Accuracy here rests on WGSL's `exp` (3 + 2·|x| ulp allowed, in erfc's tail only), so erf is
+// within a few ulps and erfc within a few ulps times its argument squared.
+const ERX: f32 = 8.4506291151e-01;
+
+// erf(x) = x + x·R(x²) for |x| < 0.84375: returns R(x²).
+fn erf_r(x: f32) -> f32 {
+    let z = x * x;
+    let r = 1.2837916613e-01 + z * (-3.2504209876e-01 + z * (-2.8481749818e-02
+        + z * (-5.7702702470e-03 + z * -2.3763017452e-05)));
+    let s = 1.0 + z * (3.9791721106e-01 + z * (6.5022252500e-02 + z * (5.0813062117e-03
+        + z * (1.3249473704e-04 + z * -3.9602282413e-06))));
+    return r / s;
+}
+
+// erf(a) = ERX + P/Q for 0.84375 ≤ a < 1.25: returns P/Q.
+fn erf_pq(a: f32) -> f32 {
+    let s = a - 1.0;
+    let p = -2.3621185683e-03 + s * (4.1485610604e-01 + s * (-3.7220788002e-01
+        + s * (3.1834661961e-01 + s * (-1.1089469492e-01 + s * (3.5478305072e-02
+        + s * -2.1663755178e-03)))));
+    let q = 1.0 + s * (1.0642088205e-01 + s * (5.4039794207e-01 + s * (7.1828655899e-02
+        + s * (1.2617121637e-01 + s * (1.3637083583e-02 + s * 1.1984500103e-02)))));
+    return p / q;
+}
+
+// erfc(a) for 1.25 ≤ a < 28, as exp(−a² − 0.5625 + R/S)/a with a² split exactly.
+fn erfc_tail(a: f32) -> f32 {
+    let s = 1.0 / (a * a);
+    var r: f32;
+    var q: f32;
+    if (a < 2.857143) {
+        r = -9.8649440333e-03 + s * (-6.9385856390e-01 + s * (-1.0558626175e+01
+            + s * (-6.2375331879e+01 + s * (-1.6239666748e+02 + s * (-1.8460508728e+02
+            + s * (-8.1287437439e+01 + s * -9.8143291473e+00))))));
+        q = 1.0 + s * (1.9651271820e+01 + s * (1.3765776062e+02 + s * (4.3456588745e+02
+            + s * (6.4538726807e+02 + s * (4.2900814819e+02 + s * (1.0863500214e+02
+            + s * (6.5702495575e+00 + s * -6.0424413532e-02)))))));
+    } else {
+        r = -9.8649431020e-03 + s * (-7.9928326607e-01 + s * (-1.7757955551e+01
+            + s * (-1.6063638306e+02 + s * (-6.3756646729e+02 + s * (-1.0250950928e+03
+            + s * -4.8351919556e+02)))));
+        q = 1.0 + s * (3.0338060379e+01 + s * (3.2579251099e+02 + s * (1.5367296143e+03
+            + s * (3.1998581543e+03 + s * (2.5530502930e+03 + s * (4.7452853394e+02
+            + s * -2.2440952301e+01))))));
+    }
+    // z: a with its low 13 mantissa bits cleared, so z² is exact in f32.
+    let z = bitcast<f32>(bitcast<u32>(a) & 0xffffe000u);
+    return exp(-z * z - 0.5625) * exp((z - a) * (z + a) + r / q) / a;
+}
+
+fn erf_f32(x: f32) -> f32 {
+    let a = abs(x);
+    if (a < 0.84375) {
+        return x + x * erf_r(x);
+    }
+    var y = 1.0;
+    if (a < 1.25) {
+        y = ERX + erf_pq(a);
+    } else if (a < 6.0) {
+        y = 1.0 - erfc_tail(a);
+    }
+    return select(y, -y, x < 0.0);
+}
+
+// erfc(a) for a ≥ 0.
+fn erfc_pos(a: f32) -> f32 {
+    if (a < 0.84375) {
+        let y = erf_r(a);
+        if (a < 0.25) {
+            return 1.0 - (a + a * y);
+        }
+        return 0.5 - (a - 0.5 + a * y);
+    }
+    if (a < 1.25) {
+        return 1.0 - ERX - erf_pq(a);
+    }
+    if (a < 28.0) {
+        return erfc_tail(a);
+    }
+    return 0.0;
+}
+
 fn unary_op(x: f32) -> f32 {
     switch OP {
         case 0u: { return -x; }
@@ -88,7 +176,16 @@ fn unary_op(x: f32) -> f32 {
             return 0.5 * x * (1.0 + tanh(u));
         }
         case 6u: { return x / (1.0 + exp(min(-x, 88.0))); }
-        default: { return max(x, 0.0); }
+        case 7u: { return max(x, 0.0); }
+        case 8u: { return erf_f32(x); }
+        default: {
+            // The negative tail through erfc keeps its relative accuracy (1 + erf cancels).
+            let t = x * 0.70710677;
+            if (x < 0.0) {
+                return 0.5 * x * erfc_pos(-t);
+            }
+            return 0.5 * x * (1.0 + erf_f32(t));
+        }
     }
 }
 

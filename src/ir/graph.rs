@@ -284,6 +284,40 @@ impl Graph {
         self.op(Op::Reduce { op, axis }, vec![x])
     }
 
+    /// Softmax over the last axis (same shape and dtype as `x`).
+    pub fn softmax(&mut self, x: NodeId) -> Result<NodeId> {
+        self.op(Op::Softmax, vec![x])
+    }
+
+    /// RMS norm over the last axis: `x / sqrt(mean(x²) + eps) · w`, `w` of shape `[last]` and
+    /// `x`'s dtype.
+    pub fn rms_norm(&mut self, x: NodeId, w: NodeId, eps: f64) -> Result<NodeId> {
+        self.op(Op::RmsNorm { eps }, vec![x, w])
+    }
+
+    /// Layer norm over the last axis: `(x − mean) / sqrt(var + eps) · w + b`, with `w` and `b`
+    /// optional (`[last]` each, `x`'s dtype).
+    pub fn layer_norm(
+        &mut self,
+        x: NodeId,
+        w: Option<NodeId>,
+        b: Option<NodeId>,
+        eps: f64,
+    ) -> Result<NodeId> {
+        let op = Op::LayerNorm {
+            eps,
+            weight: w.is_some(),
+            bias: b.is_some(),
+        };
+        let inputs = std::iter::once(x).chain(w).chain(b).collect();
+        self.op(op, inputs)
+    }
+
+    /// The index of the largest element of the last axis, u32 `[.., 1]` (ties: lowest index).
+    pub fn argmax(&mut self, x: NodeId) -> Result<NodeId> {
+        self.op(Op::ArgMax, vec![x])
+    }
+
     /// Converts `x` to `to`, rounding to nearest even.
     pub fn cast(&mut self, x: NodeId, to: DType) -> Result<NodeId> {
         self.cast_with(x, to, Rounding::NearestEven)
@@ -408,6 +442,22 @@ impl Graph {
                 transpose_a,
                 transpose_b,
             } => infer_matmul(ins[0], ins[1], *transpose_a, *transpose_b),
+            Op::Softmax | Op::RmsNorm { .. } | Op::LayerNorm { .. } => infer_row(op, &ins),
+            Op::ArgMax => {
+                let x = ins[0];
+                require_float(name, x.dtype)?;
+                let mut dims = x.shape.0.clone();
+                match dims.last_mut() {
+                    Some(d) => *d = Dim::Fixed(1),
+                    None => {
+                        return Err(Error::InvalidArgument {
+                            op: name,
+                            msg: "needs rank ≥ 1, got a scalar".to_string(),
+                        });
+                    }
+                }
+                Ok((Shape(dims), DType::U32))
+            }
             Op::WriteState { name: s, axis, .. } => {
                 let state = self.nodes[..at]
                     .iter()
@@ -421,6 +471,51 @@ impl Graph {
             }
         }
     }
+}
+
+/// Softmax and the norms: a float `x` of rank ≥ 1, parameters of shape `[last]` and `x`'s dtype,
+/// an `eps` that is a positive normal f32. The output is `x`'s shape and dtype.
+fn infer_row(op: &Op, ins: &[&Node]) -> Result<(Shape, DType)> {
+    let name = op.name();
+    let x = ins[0];
+    require_float(name, x.dtype)?;
+    let Some(last) = x.shape.0.last() else {
+        return Err(Error::InvalidArgument {
+            op: name,
+            msg: "needs rank ≥ 1, got a scalar".to_string(),
+        });
+    };
+    let eps = match op {
+        Op::RmsNorm { eps } | Op::LayerNorm { eps, .. } => Some(*eps),
+        _ => None,
+    };
+    // A positive normal f32, so sqrt(var + eps) is never 0 (kernels compute in f32).
+    if let Some(eps) = eps
+        && !(f64::from(f32::MIN_POSITIVE)..=f64::from(f32::MAX)).contains(&eps)
+    {
+        return Err(Error::InvalidArgument {
+            op: name,
+            msg: format!("eps must be a positive normal f32 (1.2e-38 ..= 3.4e38), got {eps}"),
+        });
+    }
+    for p in &ins[1..] {
+        if p.dtype != x.dtype {
+            return Err(Error::DTypeMismatch {
+                op: name,
+                lhs: x.dtype,
+                rhs: p.dtype,
+            });
+        }
+        if p.shape.0.len() != 1 || &p.shape.0[0] != last {
+            return Err(shape_err(
+                name,
+                &x.shape,
+                &p.shape,
+                format!("weight and bias must have shape [{last}] (the last axis of x)"),
+            ));
+        }
+    }
+    Ok((x.shape.clone(), x.dtype))
 }
 
 fn infer_matmul(a: &Node, b: &Node, ta: bool, tb: bool) -> Result<(Shape, DType)> {

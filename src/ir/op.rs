@@ -21,11 +21,16 @@ pub enum UnaryOp {
     /// x · sigmoid(x).
     Silu,
     Relu,
+    /// The error function (an f32 port of FreeBSD's `erff` in WGSL, accurate to a few ulps).
+    Erf,
+    /// GELU, exact form: 0.5·x·(1 + erf(x/√2)), computed as 0.5·x·erfc(−x/√2) for x < 0 so the
+    /// negative tail keeps its relative accuracy.
+    GeluErf,
 }
 
 impl UnaryOp {
     /// Every unary op.
-    pub const ALL: [UnaryOp; 8] = [
+    pub const ALL: [UnaryOp; 10] = [
         UnaryOp::Neg,
         UnaryOp::Exp,
         UnaryOp::Sqrt,
@@ -34,6 +39,8 @@ impl UnaryOp {
         UnaryOp::Gelu,
         UnaryOp::Silu,
         UnaryOp::Relu,
+        UnaryOp::Erf,
+        UnaryOp::GeluErf,
     ];
 
     /// The op's name, as the builder and messages call it (`exp`, `gelu`, ...).
@@ -47,6 +54,8 @@ impl UnaryOp {
             UnaryOp::Gelu => "gelu",
             UnaryOp::Silu => "silu",
             UnaryOp::Relu => "relu",
+            UnaryOp::Erf => "erf",
+            UnaryOp::GeluErf => "gelu_erf",
         }
     }
 
@@ -64,6 +73,15 @@ impl UnaryOp {
             }
             UnaryOp::Silu => x / (1.0 + (-x).exp()),
             UnaryOp::Relu => x.max(0.0),
+            UnaryOp::Erf => libm::erf(x),
+            UnaryOp::GeluErf => {
+                let t = x * std::f64::consts::FRAC_1_SQRT_2;
+                if x < 0.0 {
+                    0.5 * x * libm::erfc(-t)
+                } else {
+                    0.5 * x * (1.0 + libm::erf(t))
+                }
+            }
         }
     }
 
@@ -82,6 +100,15 @@ impl UnaryOp {
             }
             UnaryOp::Silu => x / (1.0 + (-x).exp()),
             UnaryOp::Relu => x.max(0.0),
+            UnaryOp::Erf => libm::erff(x),
+            UnaryOp::GeluErf => {
+                let t = x * std::f32::consts::FRAC_1_SQRT_2;
+                if x < 0.0 {
+                    0.5 * x * libm::erfcf(-t)
+                } else {
+                    0.5 * x * (1.0 + libm::erff(t))
+                }
+            }
         }
     }
 }
@@ -201,6 +228,19 @@ pub enum Op {
     Reduce { op: ReduceOp, axis: usize },
     /// Converts to `to` with the given rounding (the node's output rounding is the same).
     Cast { to: DType, rounding: Rounding },
+    /// Softmax over the last axis, max-subtracted, accumulated in f32. Inputs are clamped to
+    /// the finite range first, so a row masked with −Inf (or a finite sentinel) everywhere gives
+    /// the uniform distribution on every backend, never NaN.
+    Softmax,
+    /// `x / sqrt(mean(x²) + eps) · w` over the last axis; operands x, w (`[last]`).
+    RmsNorm { eps: f64 },
+    /// `(x − mean) / sqrt(var + eps) · w + b` over the last axis (biased variance); operands
+    /// x, then w (`[last]`) when `weight`, then b (`[last]`) when `bias`.
+    LayerNorm { eps: f64, weight: bool, bias: bool },
+    /// The index of the largest element of the last axis, as u32 `[.., 1]`. Ties go to the
+    /// lowest index; NaN (either sign) compares above every number, so the first NaN wins;
+    /// −0 equals +0; an empty row gives 0.
+    ArgMax,
 }
 
 impl Op {
@@ -218,6 +258,10 @@ impl Op {
             Op::Binary(b) => b.name(),
             Op::Reduce { op, .. } => op.name(),
             Op::Cast { .. } => "cast",
+            Op::Softmax => "softmax",
+            Op::RmsNorm { .. } => "rms_norm",
+            Op::LayerNorm { .. } => "layer_norm",
+            Op::ArgMax => "argmax",
         }
     }
 
@@ -225,8 +269,14 @@ impl Op {
     pub fn arity(&self) -> usize {
         match self {
             Op::Input { .. } | Op::Weight { .. } | Op::State { .. } | Op::Constant { .. } => 0,
-            Op::WriteState { .. } | Op::Unary(_) | Op::Reduce { .. } | Op::Cast { .. } => 1,
-            Op::MatMul { .. } | Op::Binary(_) => 2,
+            Op::WriteState { .. }
+            | Op::Unary(_)
+            | Op::Reduce { .. }
+            | Op::Cast { .. }
+            | Op::Softmax
+            | Op::ArgMax => 1,
+            Op::MatMul { .. } | Op::Binary(_) | Op::RmsNorm { .. } => 2,
+            Op::LayerNorm { weight, bias, .. } => 1 + usize::from(*weight) + usize::from(*bias),
         }
     }
 
@@ -268,7 +318,11 @@ impl Op {
             | Op::Unary(_)
             | Op::Binary(_)
             | Op::Reduce { .. }
-            | Op::Cast { .. } => Role::Compute,
+            | Op::Cast { .. }
+            | Op::Softmax
+            | Op::RmsNorm { .. }
+            | Op::LayerNorm { .. }
+            | Op::ArgMax => Role::Compute,
         }
     }
 
@@ -280,7 +334,10 @@ impl Op {
             }
             Op::Cast { .. } => PrecisionClass::Cast,
             Op::WriteState { .. } => PrecisionClass::StateWrite,
-            Op::Reduce { .. } => PrecisionClass::F32,
+            Op::Reduce { .. } | Op::Softmax | Op::RmsNorm { .. } | Op::LayerNorm { .. } => {
+                PrecisionClass::F32
+            }
+            Op::ArgMax => PrecisionClass::Keep,
             Op::Unary(_) | Op::Binary(_) | Op::MatMul { .. } => PrecisionClass::Converted,
         }
     }

@@ -8,6 +8,7 @@ mod gpu;
 mod matmul;
 mod ops;
 mod plans;
+mod rows;
 mod session;
 mod shaders;
 mod sr;

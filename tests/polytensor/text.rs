@@ -25,6 +25,16 @@ fn every_op() -> Graph {
     for op in BinaryOp::ALL {
         y = g.binary(op, y, c).expect("binary");
     }
+    let nw = g.weight("norm.w", [4], DType::F32);
+    let nb = g.weight("norm.b", [4], DType::F32);
+    let sm = g.softmax(y).expect("softmax");
+    let rn = g.rms_norm(sm, nw, 1e-6).expect("rms_norm");
+    let ln = g
+        .layer_norm(rn, Some(nw), Some(nb), 1e-5)
+        .expect("layer_norm");
+    let ln = g.layer_norm(ln, None, Some(nb), 0.25).expect("layer_norm");
+    let ln = g.layer_norm(ln, None, None, 1e-5).expect("layer_norm");
+    let am = g.argmax(ln).expect("argmax");
     let r = g.reduce(ReduceOp::Mean, y, 1).expect("reduce");
     let sr = g
         .cast_with(r, DType::F16, Rounding::Stochastic { stream: 7 })
@@ -35,6 +45,7 @@ fn every_op() -> Graph {
     let _ = s;
     g.output("y", y).expect("out");
     g.output("r", sr).expect("out");
+    g.output("am", am).expect("out");
     g
 }
 

@@ -132,6 +132,16 @@ pub(crate) fn eval(
             y
         }
         Op::Reduce { op, axis } => reduce(*op, &as_f32(ins[0].0), ins[0].1, *axis),
+        Op::ArgMax => {
+            let len = ins[0].1.last().copied().unwrap_or(1);
+            let rows: usize = out_shape.iter().product();
+            return Ok(Storage::U32(argmax(&as_f32(ins[0].0), len, rows)));
+        }
+        Op::Softmax | Op::RmsNorm { .. } | Op::LayerNorm { .. } => {
+            let len = ins[0].1.last().copied().unwrap_or(1);
+            let params: Vec<Cow<'_, [f32]>> = ins[1..].iter().map(|p| as_f32(p.0)).collect();
+            rows(&node.op, &as_f32(ins[0].0), len, &params)
+        }
         Op::Cast { to, rounding } => {
             let from = ins[0].0.dtype();
             if to.size_of() == 2 && from != *to {
@@ -273,4 +283,111 @@ fn reduce(op: ReduceOp, x: &[f32], shape: &[usize], axis: usize) -> Vec<f32> {
             }
         });
     out
+}
+
+/// The u32 whose order is argmax's order on f32 bits: NaN (either sign) above everything, −0
+/// equal to +0, then the usual sign-magnitude flip. Integer compares only, as in rows.wgsl.
+#[inline]
+fn argmax_key(v: f32) -> u32 {
+    let b = v.to_bits();
+    if b & 0x7fff_ffff > 0x7f80_0000 {
+        return u32::MAX;
+    }
+    let b = if b == 0x8000_0000 { 0 } else { b };
+    if b & 0x8000_0000 != 0 {
+        !b
+    } else {
+        b | 0x8000_0000
+    }
+}
+
+/// The index of the largest element of each row of `len` (ties: the lowest index; an empty row
+/// gives 0).
+fn argmax(x: &[f32], len: usize, rows: usize) -> Vec<u32> {
+    let mut out = vec![0u32; rows];
+    if len == 0 {
+        return out;
+    }
+    out.par_iter_mut()
+        .zip(x.par_chunks(len))
+        .for_each(|(o, row)| {
+            let (mut best, mut key) = (0, argmax_key(row[0]));
+            for (k, &v) in row.iter().enumerate().skip(1) {
+                let kv = argmax_key(v);
+                if kv > key {
+                    (best, key) = (k, kv);
+                }
+            }
+            *o = best as u32;
+        });
+    out
+}
+
+/// Softmax or a norm of each row of `len`, in f32 (`params`: the norm's weight, then bias).
+fn rows(op: &Op, x: &[f32], len: usize, params: &[Cow<'_, [f32]>]) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    if len == 0 {
+        return out;
+    }
+    let rows_per_task = (CHUNK / len).max(1);
+    out.par_chunks_mut(len * rows_per_task)
+        .zip(x.par_chunks(len * rows_per_task))
+        .for_each(|(o, x)| {
+            for (y, row) in o.chunks_mut(len).zip(x.chunks(len)) {
+                row_f32(op, row, params, y);
+            }
+        });
+    out
+}
+
+/// One row of softmax or a norm into `y`.
+fn row_f32(op: &Op, row: &[f32], params: &[Cow<'_, [f32]>], y: &mut [f32]) {
+    let n = row.len() as f32;
+    match op {
+        Op::Softmax => {
+            // Clamped to the finite range, so a row of −Inf is uniform, not NaN (`Op::Softmax`).
+            let m = row
+                .iter()
+                .fold(-f32::MAX, |m, &v| m.max(v.clamp(-f32::MAX, f32::MAX)));
+            let mut s = 0f32;
+            for (o, &v) in y.iter_mut().zip(row) {
+                *o = (v.clamp(-f32::MAX, f32::MAX) - m).exp();
+                s += *o;
+            }
+            for o in y.iter_mut() {
+                *o /= s;
+            }
+        }
+        Op::RmsNorm { eps } => {
+            let ms = row.iter().map(|v| v * v).sum::<f32>() / n;
+            let r = 1.0 / (ms + *eps as f32).sqrt();
+            for ((o, &v), &w) in y.iter_mut().zip(row).zip(params[0].iter()) {
+                *o = v * r * w;
+            }
+        }
+        Op::LayerNorm {
+            eps, weight, bias, ..
+        } => {
+            // Shifted by the row's first element: a constant row gives exactly zero deviations
+            // (the mean of a huge constant row is not exact in f32, its shifted mean is).
+            let k = row[0];
+            let mu = row.iter().map(|&v| v - k).sum::<f32>() / n;
+            let var = row
+                .iter()
+                .map(|&v| (v - k - mu) * (v - k - mu))
+                .sum::<f32>()
+                / n;
+            let r = 1.0 / (var + *eps as f32).sqrt();
+            for (j, (o, &v)) in y.iter_mut().zip(row).enumerate() {
+                let w = if *weight { params[0][j] } else { 1.0 };
+                let b = if *bias {
+                    params[usize::from(*weight)][j]
+                } else {
+                    0.0
+                };
+                *o = (v - k - mu) * r * w + b;
+            }
+        }
+        _ => {}
+    }
 }

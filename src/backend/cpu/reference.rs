@@ -100,6 +100,65 @@ fn reduce(op: ReduceOp, x: &[f64], shape: &[usize], axis: usize) -> Vec<f64> {
     y
 }
 
+/// Softmax, RMS norm, layer norm or argmax of each row of the last axis, in f64. `params` are the
+/// norm's weight and bias (`[len]` each) when present.
+/// `n` is the output's element count.
+fn rows(op: &Op, x: &[f64], len: usize, params: &[&[f64]], n: usize) -> Vec<f64> {
+    if len == 0 {
+        // An empty last axis: argmax still has one output per row (0); the rest are empty.
+        return vec![0.0; n];
+    }
+    let mut y = Vec::with_capacity(x.len());
+    for row in x.chunks(len) {
+        match op {
+            Op::Softmax => {
+                // −Inf and +Inf are clamped to the largest finite values (see `Op::Softmax`).
+                let fmax = f64::from(f32::MAX);
+                let row: Vec<f64> = row.iter().map(|&v| v.clamp(-fmax, fmax)).collect();
+                let m = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = row.iter().map(|&v| (v - m).exp()).collect();
+                let s: f64 = e.iter().sum();
+                y.extend(e.iter().map(|&v| v / s));
+            }
+            Op::RmsNorm { eps } => {
+                let ms = row.iter().map(|v| v * v).sum::<f64>() / len as f64;
+                let r = 1.0 / (ms + eps).sqrt();
+                y.extend(row.iter().zip(params[0]).map(|(&v, &w)| v * r * w));
+            }
+            Op::LayerNorm {
+                eps, weight, bias, ..
+            } => {
+                let mean = row.iter().sum::<f64>() / len as f64;
+                let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / len as f64;
+                let r = 1.0 / (var + eps).sqrt();
+                for (k, &v) in row.iter().enumerate() {
+                    let w = if *weight { params[0][k] } else { 1.0 };
+                    let b = if *bias {
+                        params[usize::from(*weight)][k]
+                    } else {
+                        0.0
+                    };
+                    y.push((v - mean) * r * w + b);
+                }
+            }
+            // Only the row ops reach here (`eval`'s match).
+            _ => {
+                // Argmax: NaN above every number (the first NaN wins), ties to the lowest index
+                // (`>` keeps the earlier of equal values; −0 == +0).
+                let mut best = 0;
+                for (k, &v) in row.iter().enumerate() {
+                    let b = row[best];
+                    if !b.is_nan() && (v.is_nan() || v > b) {
+                        best = k;
+                    }
+                }
+                y.push(best as f64);
+            }
+        }
+    }
+    y
+}
+
 /// Evaluates one non-source node in f64 (before rounding to its dtype).
 fn eval(node: &Node, ins: &[(&[f64], &[usize], DType)], out: &[usize]) -> Result<Vec<f64>> {
     let n: usize = out.iter().product();
@@ -129,6 +188,11 @@ fn eval(node: &Node, ins: &[(&[f64], &[usize], DType)], out: &[usize]) -> Result
             out,
         ),
         Op::Reduce { op, axis } => reduce(*op, ins[0].0, ins[0].1, *axis),
+        Op::Softmax | Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::ArgMax => {
+            let len = ins[0].1.last().copied().unwrap_or(1);
+            let params: Vec<&[f64]> = ins[1..].iter().map(|p| p.0).collect();
+            rows(&node.op, ins[0].0, len, &params, n)
+        }
         // Integer → integer casts reinterpret two's complement (Rust `as`); the rest go through
         // `round_to`, which saturates floats into integers.
         Op::Cast { to: DType::U32, .. } if ins[0].2 == DType::I32 => ins[0]

@@ -68,6 +68,8 @@ pub(crate) fn key(kind: Kind, a: DType, b: DType, out: DType, sr: bool) -> Pipel
                 UnaryOp::Gelu => 5,
                 UnaryOp::Silu => 6,
                 UnaryOp::Relu => 7,
+                UnaryOp::Erf => 8,
+                UnaryOp::GeluErf => 9,
             },
         ),
         Kind::Binary(o) => (

@@ -16,6 +16,7 @@ mod cast;
 mod elementwise;
 mod matmul;
 mod reduce;
+mod rows;
 mod state;
 
 use super::context::PipelineKey;
@@ -158,6 +159,9 @@ pub(crate) fn supports(node: &NodeView<'_>, class: &Class) -> std::result::Resul
         Op::Unary(_) | Op::Binary(_) => elementwise::supports(node, class),
         Op::Reduce { .. } => reduce::supports(node, class),
         Op::Cast { .. } => cast::supports(node, class),
+        Op::Softmax | Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::ArgMax => {
+            rows::supports(node, class)
+        }
     }
 }
 
@@ -171,6 +175,9 @@ pub(crate) fn plan(node: &NodeView<'_>, class: &Class) -> Result<Vec<Launch>> {
         Op::Binary(b) => Ok(elementwise::plan(node, elementwise::Kind::Binary(*b))),
         Op::Reduce { op, .. } => Ok(reduce::plan(node, class, *op)),
         Op::Cast { .. } => Ok(cast::plan(node)),
+        Op::Softmax | Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::ArgMax => {
+            rows::plan(node, class)
+        }
     }
 }
 
@@ -199,6 +206,9 @@ pub(crate) fn bind(
         Op::Unary(_) | Op::Binary(_) => Ok(vec![elementwise::bind(node, run)]),
         Op::Reduce { axis, .. } => Ok(vec![reduce::bind(node, class, *axis, run)]),
         Op::Cast { .. } => Ok(vec![cast::bind(node, run)]),
+        Op::Softmax | Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::ArgMax => {
+            Ok(vec![rows::bind(node, class, run)])
+        }
     }
 }
 
@@ -207,6 +217,7 @@ pub(crate) fn all_keys() -> Vec<PipelineKey> {
     let mut keys = elementwise::all_keys();
     keys.extend(cast::all_keys());
     keys.extend(reduce::all_keys());
+    keys.extend(rows::all_keys());
     keys.extend(state::all_keys());
     keys.extend(matmul::all_keys());
     keys
