@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::dtype::{DType, Rounding};
+use crate::shape::{Dim, Shape};
 
 /// Elementwise ops of one operand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -201,6 +202,17 @@ pub enum Op {
     Reduce { op: ReduceOp, axis: usize },
     /// Converts to `to` with the given rounding (the node's output rounding is the same).
     Cast { to: DType, rounding: Rounding },
+    /// The operand's elements, in row-major order, in a new shape with the same element count.
+    Reshape { shape: Shape },
+    /// Output dimension `i` is operand dimension `perm[i]` (a permutation of `0..rank`).
+    Permute { perm: Vec<usize> },
+    /// Elements `start .. start + len` along `axis`; `len` is fixed or a symbol bound per run.
+    Slice { axis: usize, start: usize, len: Dim },
+    /// Operand 0 followed by operand 1 along `axis` (same dtype, other dimensions equal).
+    Concat { axis: usize },
+    /// Rows of a table `[V, D]` (operand 0) selected by a u32 or i32 index tensor `[..]`
+    /// (operand 1): `[.., D]`.
+    Gather,
 }
 
 impl Op {
@@ -218,6 +230,11 @@ impl Op {
             Op::Binary(b) => b.name(),
             Op::Reduce { op, .. } => op.name(),
             Op::Cast { .. } => "cast",
+            Op::Reshape { .. } => "reshape",
+            Op::Permute { .. } => "permute",
+            Op::Slice { .. } => "slice",
+            Op::Concat { .. } => "concat",
+            Op::Gather => "gather",
         }
     }
 
@@ -225,8 +242,14 @@ impl Op {
     pub fn arity(&self) -> usize {
         match self {
             Op::Input { .. } | Op::Weight { .. } | Op::State { .. } | Op::Constant { .. } => 0,
-            Op::WriteState { .. } | Op::Unary(_) | Op::Reduce { .. } | Op::Cast { .. } => 1,
-            Op::MatMul { .. } | Op::Binary(_) => 2,
+            Op::WriteState { .. }
+            | Op::Unary(_)
+            | Op::Reduce { .. }
+            | Op::Cast { .. }
+            | Op::Reshape { .. }
+            | Op::Permute { .. }
+            | Op::Slice { .. } => 1,
+            Op::MatMul { .. } | Op::Binary(_) | Op::Concat { .. } | Op::Gather => 2,
         }
     }
 
@@ -260,6 +283,11 @@ impl Op {
             Op::WriteState { .. } => PrecisionClass::StateWrite,
             Op::Reduce { .. } => PrecisionClass::F32,
             Op::Unary(_) | Op::Binary(_) | Op::MatMul { .. } => PrecisionClass::Converted,
+            Op::Reshape { .. }
+            | Op::Permute { .. }
+            | Op::Slice { .. }
+            | Op::Concat { .. }
+            | Op::Gather => PrecisionClass::Keep,
         }
     }
 }

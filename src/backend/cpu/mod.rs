@@ -373,6 +373,26 @@ impl CpuProgram {
                         Val::Own(snapshot)
                     }
                 }
+                // A reshape shares its operand's storage: a borrowed operand stays borrowed, an
+                // owned one is moved when this is its last reader, else copied.
+                Op::Reshape { .. } => {
+                    let j = node.inputs[0].0;
+                    match vals[j].take() {
+                        Some(Val::Ref(r)) => {
+                            vals[j] = Some(Val::Ref(r));
+                            Val::Ref(r)
+                        }
+                        Some(Val::Own(s)) if plan.last_use[j] == i => Val::Own(s),
+                        Some(Val::Own(s)) => {
+                            let copy = s.clone();
+                            vals[j] = Some(Val::Own(s));
+                            Val::Own(copy)
+                        }
+                        None => {
+                            return Err(Error::InvalidGraph(format!("%{i}: operand %{j} freed")));
+                        }
+                    }
+                }
                 _ => {
                     let mut ins = Vec::with_capacity(node.inputs.len());
                     for j in &node.inputs {

@@ -14,6 +14,7 @@
 mod cast;
 mod elementwise;
 mod matmul;
+mod movement;
 mod reduce;
 mod state;
 
@@ -167,9 +168,16 @@ pub(crate) fn value(op: &Op) -> Value<'_> {
         Op::State { name } => Value::State(name),
         Op::Constant { values } => Value::Constant(values),
         Op::WriteState { name, .. } => Value::WrittenState(name),
-        Op::MatMul { .. } | Op::Unary(_) | Op::Binary(_) | Op::Reduce { .. } | Op::Cast { .. } => {
-            Value::Computed
-        }
+        Op::MatMul { .. }
+        | Op::Unary(_)
+        | Op::Binary(_)
+        | Op::Reduce { .. }
+        | Op::Cast { .. }
+        | Op::Reshape { .. }
+        | Op::Permute { .. }
+        | Op::Slice { .. }
+        | Op::Concat { .. }
+        | Op::Gather => Value::Computed,
     }
 }
 
@@ -184,6 +192,11 @@ pub(crate) fn supports(node: &NodeView<'_>, class: &Class) -> std::result::Resul
         Op::Unary(_) | Op::Binary(_) => elementwise::supports(node, class),
         Op::Reduce { .. } => reduce::supports(node, class),
         Op::Cast { .. } => cast::supports(node, class),
+        Op::Reshape { .. }
+        | Op::Permute { .. }
+        | Op::Slice { .. }
+        | Op::Concat { .. }
+        | Op::Gather => movement::supports(node, class),
     }
 }
 
@@ -197,6 +210,11 @@ pub(crate) fn plan(node: &NodeView<'_>, class: &Class) -> Result<Vec<Launch>> {
         Op::Binary(b) => Ok(elementwise::plan(node, elementwise::Kind::Binary(*b))),
         Op::Reduce { op, .. } => Ok(reduce::plan(node, class, *op)),
         Op::Cast { .. } => Ok(cast::plan(node)),
+        Op::Reshape { .. }
+        | Op::Permute { .. }
+        | Op::Slice { .. }
+        | Op::Concat { .. }
+        | Op::Gather => Ok(movement::plan(node, class)),
     }
 }
 
@@ -225,6 +243,11 @@ pub(crate) fn bind(
         Op::Unary(_) | Op::Binary(_) => Ok(vec![elementwise::bind(node, run)]),
         Op::Reduce { axis, .. } => Ok(vec![reduce::bind(node, class, *axis, run)]),
         Op::Cast { .. } => Ok(vec![cast::bind(node, run)]),
+        Op::Reshape { .. }
+        | Op::Permute { .. }
+        | Op::Slice { .. }
+        | Op::Concat { .. }
+        | Op::Gather => movement::bind(node, class, launches),
     }
 }
 
@@ -235,6 +258,7 @@ pub(crate) fn all_keys() -> Vec<PipelineKey> {
     keys.extend(reduce::all_keys());
     keys.extend(state::all_keys());
     keys.extend(matmul::all_keys());
+    keys.extend(movement::all_keys());
     keys
 }
 
