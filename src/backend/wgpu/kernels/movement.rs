@@ -99,12 +99,16 @@ fn split(node: &NodeView<'_>, class: &Class) -> Option<usize> {
     (rows >= 1).then_some(rows as usize)
 }
 
-/// The (first row, rows) of each binding of a table of `v` rows split `rows` at a time.
+/// The (first row, rows) of each binding of a table of `v` rows split `rows` at a time, last
+/// first: each launch writes only its own rows, so the order does not matter, and running them
+/// backwards proves it (in order, a launch that wrote too much would be overwritten).
 fn chunks(v: usize, rows: usize) -> Vec<(usize, usize)> {
-    (0..v)
+    let mut c: Vec<(usize, usize)> = (0..v)
         .step_by(rows.max(1))
         .map(|r0| (r0, rows.min(v - r0)))
-        .collect()
+        .collect();
+    c.reverse();
+    c
 }
 
 pub(super) fn supports(node: &NodeView<'_>, class: &Class) -> std::result::Result<(), String> {
