@@ -27,7 +27,7 @@ fn bits(rng: &mut Rng, shape: &[usize], dtype: DType) -> Tensor {
     let bf16s = [0x7f81u16, 0xffc3, 0x7f80, 0xff80, 0x8000, 1];
     let mut word = |i: usize| -> u32 {
         let r = rng.next_u64() as u32;
-        if i % 7 == 0 {
+        if i.is_multiple_of(7) {
             let k = (r as usize) % 6;
             match dtype {
                 DType::F16 => u32::from(f16s[k]),
@@ -200,7 +200,8 @@ fn permute_copies_bits_exactly() {
 fn slice_copies_bits_exactly_with_fixed_and_run_time_lengths() {
     let mut rng = Rng::new(162);
     // (shape, axis, start, len, run-time length bound to `len` with this maximum)
-    let cases: [(&[usize], usize, usize, usize, Option<usize>); 7] = [
+    type Case = (&'static [usize], usize, usize, usize, Option<usize>);
+    let cases: [Case; 7] = [
         (&[3, 17], 1, 5, 7, None), // odd start and length inside 16-bit rows
         (&[783], 0, 1, 781, None),
         (&[4, 5, 3], 1, 1, 1, None),
@@ -592,8 +593,7 @@ fn movement_builders_reject_bad_shapes_naming_op_and_shapes() {
     assert_eq!(g.nodes()[e.0].shape.to_string(), "[5,17]");
     let e = g
         .reshape(x, [Dim::sym("seq", 8)])
-        .err()
-        .expect("fixed → symbolic");
+        .expect_err("fixed → symbolic");
     assert!(
         e.to_string().contains("reshape") && e.to_string().contains("[3,17]"),
         "{e}"
