@@ -19,7 +19,7 @@ use crate::ir::passes::{Precision, dce, precision, validate};
 use crate::ir::{Graph, Offset, Op};
 use crate::placement::{FallbackPolicy, Placement, Segment, Src, place};
 use crate::shape::{Bindings, Dim, Shape, fmt_dims};
-use crate::tensor::{Tensor, TensorView};
+use crate::tensor::{StorageRef, Tensor, TensorView};
 
 /// A graph compiled for a session's device. Reusable across runs and bound lengths.
 pub struct Compiled {
@@ -397,6 +397,7 @@ impl Session {
         for s in &program.scalars {
             bound.get(s)?;
         }
+        check_gather_indices(graph, &by_name, &bound)?;
         for node in graph.nodes() {
             match &node.op {
                 Op::Weight { name } => {
@@ -545,6 +546,51 @@ fn bind_input(
                 }
                 bound.bind(sym, got)?;
             }
+        }
+    }
+    Ok(())
+}
+
+/// Every index a gather reads from a host input must select a row of its table: an index
+/// outside `0..V` is an `Err` naming it and the table size, before any device runs (kernels
+/// never read out of bounds either way: they write zeros for such rows).
+fn check_gather_indices(
+    graph: &Graph,
+    inputs: &HashMap<String, TensorView<'_>>,
+    bound: &Bindings,
+) -> Result<()> {
+    for node in graph.nodes() {
+        let (Op::Gather, [table, idx]) = (&node.op, node.inputs.as_slice()) else {
+            continue;
+        };
+        let Op::Input { name } = &graph.node(*idx)?.op else {
+            continue;
+        };
+        let Some(view) = inputs.get(name) else {
+            continue;
+        };
+        let rows = graph.node(*table)?.shape.dims()[0].resolve(bound)?;
+        let bad = |pos: usize, i: i64| Error::InvalidArgument {
+            op: "gather",
+            msg: format!(
+                "index {i} at position {pos} of input `{name}` is outside the table's {rows} rows"
+            ),
+        };
+        match view.data() {
+            StorageRef::U32(v) => {
+                if let Some(pos) = v.iter().position(|&i| i as usize >= rows) {
+                    return Err(bad(pos, i64::from(v[pos])));
+                }
+            }
+            StorageRef::I32(v) => {
+                if let Some(pos) = v
+                    .iter()
+                    .position(|&i| usize::try_from(i).map_or(true, |u| u >= rows))
+                {
+                    return Err(bad(pos, i64::from(v[pos])));
+                }
+            }
+            _ => {}
         }
     }
     Ok(())

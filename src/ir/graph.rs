@@ -328,6 +328,69 @@ impl Graph {
         self.op(Op::Cast { to, rounding }, vec![x])
     }
 
+    /// `x`'s elements, in row-major order, in `shape` (the same element count). A symbolic
+    /// dimension may pass through only where the layout is provably the same for every binding:
+    /// both shapes name the same symbols in the same order, and the fixed dimensions before,
+    /// between and after them have equal products; anything else is an `Err`.
+    pub fn reshape(&mut self, x: NodeId, shape: impl Into<Shape>) -> Result<NodeId> {
+        self.op(
+            Op::Reshape {
+                shape: shape.into(),
+            },
+            vec![x],
+        )
+    }
+
+    /// Reorders `x`'s dimensions: output dimension `i` is `x`'s dimension `perm[i]`.
+    pub fn permute(&mut self, x: NodeId, perm: &[usize]) -> Result<NodeId> {
+        self.op(
+            Op::Permute {
+                perm: perm.to_vec(),
+            },
+            vec![x],
+        )
+    }
+
+    /// Elements `start .. start + len` of `x` along `axis`, which must be a fixed dimension.
+    /// `len` is fixed, or a symbol `Dim::sym(name, max)` bound at each run (a run-time length,
+    /// with `start + max` inside the dimension).
+    pub fn slice(
+        &mut self,
+        x: NodeId,
+        axis: usize,
+        start: usize,
+        len: impl Into<Dim>,
+    ) -> Result<NodeId> {
+        let len = len.into();
+        self.op(Op::Slice { axis, start, len }, vec![x])
+    }
+
+    /// `xs` joined along `axis` (same dtype and rank, other dimensions equal, `axis` fixed in
+    /// each). More than two operands become a chain of two-operand concats.
+    pub fn concat(&mut self, xs: &[NodeId], axis: usize) -> Result<NodeId> {
+        let (&first, rest) = xs.split_first().ok_or_else(|| Error::InvalidArgument {
+            op: "concat",
+            msg: "needs at least two operands, got none".to_string(),
+        })?;
+        if rest.is_empty() {
+            return Err(Error::InvalidArgument {
+                op: "concat",
+                msg: "needs at least two operands, got one".to_string(),
+            });
+        }
+        let mut y = first;
+        for &x in rest {
+            y = self.op(Op::Concat { axis }, vec![y, x])?;
+        }
+        Ok(y)
+    }
+
+    /// Rows of `table` `[V, D]` at the u32 or i32 indices `idx` `[..]`: `[.., D]` in the table's
+    /// dtype. An index given from the host outside `0..V` is an `Err` at run time.
+    pub fn gather(&mut self, table: NodeId, idx: NodeId) -> Result<NodeId> {
+        self.op(Op::Gather, vec![table, idx])
+    }
+
     /// Sets how node `id` rounds its output into its storage dtype (stochastic rounding matters
     /// for f16/bf16 outputs; for a cast it is the cast's rounding).
     pub fn set_rounding(&mut self, id: NodeId, rounding: Rounding) -> Result<()> {
@@ -458,6 +521,11 @@ impl Graph {
                 }
                 Ok((Shape(dims), DType::U32))
             }
+            Op::Reshape { shape } => infer_reshape(ins[0], shape),
+            Op::Permute { perm } => infer_permute(ins[0], perm),
+            Op::Slice { axis, start, len } => infer_slice(ins[0], *axis, *start, len),
+            Op::Concat { axis } => infer_concat(ins[0], ins[1], *axis),
+            Op::Gather => infer_gather(ins[0], ins[1]),
             Op::WriteState { name: s, axis, .. } => {
                 let state = self.nodes[..at]
                     .iter()
@@ -608,4 +676,181 @@ fn infer_write(state: &Node, value: &Node, axis: usize) -> Result<(Shape, DType)
         }
     }
     Ok((s.clone(), state.dtype))
+}
+
+/// A shape cut at its symbolic dimensions: the symbols in order, and the product of the fixed
+/// dimensions before, between and after them (`None` on overflow).
+fn sym_segments(s: &Shape) -> (Vec<&Dim>, Vec<Option<usize>>) {
+    let (mut syms, mut products) = (Vec::new(), vec![Some(1usize)]);
+    for d in s.dims() {
+        match d {
+            Dim::Fixed(n) => {
+                if let Some(p) = products.last_mut() {
+                    *p = p.and_then(|p| p.checked_mul(*n));
+                }
+            }
+            Dim::Sym(..) => {
+                syms.push(d);
+                products.push(Some(1));
+            }
+        }
+    }
+    (syms, products)
+}
+
+fn infer_reshape(x: &Node, shape: &Shape) -> Result<(Shape, DType)> {
+    let (xs, xp) = sym_segments(&x.shape);
+    let (ys, yp) = sym_segments(shape);
+    if xp.iter().chain(&yp).any(Option::is_none) {
+        return Err(shape_err(
+            "reshape",
+            &x.shape,
+            shape,
+            "too many elements".to_string(),
+        ));
+    }
+    if xs != ys {
+        return Err(shape_err(
+            "reshape",
+            &x.shape,
+            shape,
+            "both shapes must have the same symbolic dimensions in the same order (no arithmetic \
+             on symbols)"
+                .to_string(),
+        ));
+    }
+    if xp != yp {
+        let detail = if xs.is_empty() {
+            format!(
+                "element counts {} and {} differ",
+                x.shape.max_numel(),
+                shape.max_numel()
+            )
+        } else {
+            "the fixed dimensions before, between and after the symbols must have equal products, \
+             so the layout is the same for every binding"
+                .to_string()
+        };
+        return Err(shape_err("reshape", &x.shape, shape, detail));
+    }
+    Ok((shape.clone(), x.dtype))
+}
+
+fn infer_permute(x: &Node, perm: &[usize]) -> Result<(Shape, DType)> {
+    let rank = x.shape.rank();
+    let mut seen = vec![false; rank];
+    let ok = perm.len() == rank
+        && perm
+            .iter()
+            .all(|&p| p < rank && !std::mem::replace(&mut seen[p], true));
+    if !ok {
+        return Err(Error::InvalidArgument {
+            op: "permute",
+            msg: format!(
+                "{perm:?} is not a permutation of the {rank} dimensions of {}",
+                x.shape
+            ),
+        });
+    }
+    let dims = perm.iter().map(|&p| x.shape.0[p].clone()).collect();
+    Ok((Shape(dims), x.dtype))
+}
+
+fn infer_slice(x: &Node, axis: usize, start: usize, len: &Dim) -> Result<(Shape, DType)> {
+    let op = "slice";
+    let Some(d) = x.shape.dims().get(axis) else {
+        return Err(Error::InvalidArgument {
+            op,
+            msg: format!("axis {axis} out of range for shape {}", x.shape),
+        });
+    };
+    let Dim::Fixed(n) = d else {
+        return Err(Error::InvalidArgument {
+            op,
+            msg: format!(
+                "axis {axis} of {} is symbolic: static bounds need a fixed dimension",
+                x.shape
+            ),
+        });
+    };
+    if start.checked_add(len.max()).is_none_or(|end| end > *n) {
+        return Err(Error::InvalidArgument {
+            op,
+            msg: format!(
+                "elements {start}..{start}+{len} along axis {axis} exceed its size {n} (shape {})",
+                x.shape
+            ),
+        });
+    }
+    let mut dims = x.shape.0.clone();
+    dims[axis] = len.clone();
+    Ok((Shape(dims), x.dtype))
+}
+
+fn infer_concat(a: &Node, b: &Node, axis: usize) -> Result<(Shape, DType)> {
+    let op = "concat";
+    if a.dtype != b.dtype {
+        return Err(Error::DTypeMismatch {
+            op,
+            lhs: a.dtype,
+            rhs: b.dtype,
+        });
+    }
+    let (sa, sb) = (&a.shape, &b.shape);
+    if sa.rank() != sb.rank() || axis >= sa.rank() {
+        return Err(shape_err(
+            op,
+            sa,
+            sb,
+            format!("operands need the same rank with axis {axis} inside it"),
+        ));
+    }
+    let mut dims = sa.0.clone();
+    for (i, (da, db)) in sa.0.iter().zip(&sb.0).enumerate() {
+        if i == axis {
+            let (Dim::Fixed(x), Dim::Fixed(y)) = (da, db) else {
+                return Err(shape_err(
+                    op,
+                    sa,
+                    sb,
+                    format!(
+                        "axis {axis} must be fixed in both operands (no arithmetic on symbols)"
+                    ),
+                ));
+            };
+            let sum = x
+                .checked_add(*y)
+                .ok_or_else(|| shape_err(op, sa, sb, format!("axis {axis} sizes overflow")))?;
+            dims[i] = Dim::Fixed(sum);
+        } else if da != db {
+            return Err(shape_err(
+                op,
+                sa,
+                sb,
+                format!("dimension {i} differs: {da} and {db}"),
+            ));
+        }
+    }
+    Ok((Shape(dims), a.dtype))
+}
+
+fn infer_gather(table: &Node, idx: &Node) -> Result<(Shape, DType)> {
+    let op = "gather";
+    if !matches!(idx.dtype, DType::U32 | DType::I32) {
+        return Err(Error::InvalidArgument {
+            op,
+            msg: format!("indices must be u32 or i32, got {}{}", idx.dtype, idx.shape),
+        });
+    }
+    if table.shape.rank() != 2 {
+        return Err(shape_err(
+            op,
+            &table.shape,
+            &idx.shape,
+            "the table must be [V, D]".to_string(),
+        ));
+    }
+    let mut dims = idx.shape.0.clone();
+    dims.push(table.shape.0[1].clone());
+    Ok((Shape(dims), table.dtype))
 }

@@ -6,4 +6,4 @@ pub mod passes;
 mod text;
 
 pub use graph::{Graph, Node, NodeId};
-pub use op::{BinaryOp, Offset, Op, PrecisionClass, ReduceOp, Role, UnaryOp};
+pub use op::{BinaryOp, MoveOp, Offset, Op, PrecisionClass, ReduceOp, Role, RowOp, UnaryOp};

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::dtype::{DType, Rounding};
+use crate::shape::{Dim, Shape};
 
 /// Elementwise ops of one operand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -241,6 +242,17 @@ pub enum Op {
     /// lowest index; NaN (either sign) compares above every number, so the first NaN wins;
     /// −0 equals +0; an empty row gives 0.
     ArgMax,
+    /// The operand's elements, in row-major order, in a new shape with the same element count.
+    Reshape { shape: Shape },
+    /// Output dimension `i` is operand dimension `perm[i]` (a permutation of `0..rank`).
+    Permute { perm: Vec<usize> },
+    /// Elements `start .. start + len` along `axis`; `len` is fixed or a symbol bound per run.
+    Slice { axis: usize, start: usize, len: Dim },
+    /// Operand 0 followed by operand 1 along `axis` (same dtype, other dimensions equal).
+    Concat { axis: usize },
+    /// Rows of a table `[V, D]` (operand 0) selected by a u32 or i32 index tensor `[..]`
+    /// (operand 1): `[.., D]`.
+    Gather,
 }
 
 impl Op {
@@ -262,6 +274,11 @@ impl Op {
             Op::RmsNorm { .. } => "rms_norm",
             Op::LayerNorm { .. } => "layer_norm",
             Op::ArgMax => "argmax",
+            Op::Reshape { .. } => "reshape",
+            Op::Permute { .. } => "permute",
+            Op::Slice { .. } => "slice",
+            Op::Concat { .. } => "concat",
+            Op::Gather => "gather",
         }
     }
 
@@ -274,8 +291,15 @@ impl Op {
             | Op::Reduce { .. }
             | Op::Cast { .. }
             | Op::Softmax
-            | Op::ArgMax => 1,
-            Op::MatMul { .. } | Op::Binary(_) | Op::RmsNorm { .. } => 2,
+            | Op::ArgMax
+            | Op::Reshape { .. }
+            | Op::Permute { .. }
+            | Op::Slice { .. } => 1,
+            Op::MatMul { .. }
+            | Op::Binary(_)
+            | Op::RmsNorm { .. }
+            | Op::Concat { .. }
+            | Op::Gather => 2,
             Op::LayerNorm { weight, bias, .. } => 1 + usize::from(*weight) + usize::from(*bias),
         }
     }
@@ -322,7 +346,70 @@ impl Op {
             | Op::Softmax
             | Op::RmsNorm { .. }
             | Op::LayerNorm { .. }
-            | Op::ArgMax => Role::Compute,
+            | Op::ArgMax
+            | Op::Reshape { .. }
+            | Op::Permute { .. }
+            | Op::Slice { .. }
+            | Op::Concat { .. }
+            | Op::Gather => Role::Compute,
+        }
+    }
+
+    /// The op as a row op (softmax, the norms, argmax over the last axis), for the backends'
+    /// row kernels; `None` for every other op.
+    pub fn row_op(&self) -> Option<RowOp> {
+        match self {
+            Op::Softmax => Some(RowOp::Softmax),
+            Op::RmsNorm { eps } => Some(RowOp::RmsNorm { eps: *eps }),
+            Op::LayerNorm { eps, weight, bias } => Some(RowOp::LayerNorm {
+                eps: *eps,
+                weight: *weight,
+                bias: *bias,
+            }),
+            Op::ArgMax => Some(RowOp::ArgMax),
+            Op::Input { .. }
+            | Op::Weight { .. }
+            | Op::State { .. }
+            | Op::Constant { .. }
+            | Op::WriteState { .. }
+            | Op::MatMul { .. }
+            | Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Reduce { .. }
+            | Op::Cast { .. }
+            | Op::Reshape { .. }
+            | Op::Permute { .. }
+            | Op::Slice { .. }
+            | Op::Concat { .. }
+            | Op::Gather => None,
+        }
+    }
+
+    /// The op as a data-movement op, for the backends' copy kernels; `None` for every other op.
+    pub fn move_op(&self) -> Option<MoveOp<'_>> {
+        match self {
+            Op::Reshape { .. } => Some(MoveOp::Reshape),
+            Op::Permute { perm } => Some(MoveOp::Permute { perm }),
+            Op::Slice { axis, start, .. } => Some(MoveOp::Slice {
+                axis: *axis,
+                start: *start,
+            }),
+            Op::Concat { axis } => Some(MoveOp::Concat { axis: *axis }),
+            Op::Gather => Some(MoveOp::Gather),
+            Op::Input { .. }
+            | Op::Weight { .. }
+            | Op::State { .. }
+            | Op::Constant { .. }
+            | Op::WriteState { .. }
+            | Op::MatMul { .. }
+            | Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Reduce { .. }
+            | Op::Cast { .. }
+            | Op::Softmax
+            | Op::RmsNorm { .. }
+            | Op::LayerNorm { .. }
+            | Op::ArgMax => None,
         }
     }
 
@@ -339,8 +426,32 @@ impl Op {
             }
             Op::ArgMax => PrecisionClass::Keep,
             Op::Unary(_) | Op::Binary(_) | Op::MatMul { .. } => PrecisionClass::Converted,
+            Op::Reshape { .. }
+            | Op::Permute { .. }
+            | Op::Slice { .. }
+            | Op::Concat { .. }
+            | Op::Gather => PrecisionClass::Keep,
         }
     }
+}
+
+/// A row op (see [`Op::row_op`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RowOp {
+    Softmax,
+    RmsNorm { eps: f64 },
+    LayerNorm { eps: f64, weight: bool, bias: bool },
+    ArgMax,
+}
+
+/// A data-movement op (see [`Op::move_op`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum MoveOp<'a> {
+    Reshape,
+    Permute { perm: &'a [usize] },
+    Slice { axis: usize, start: usize },
+    Concat { axis: usize },
+    Gather,
 }
 
 /// An op's role in a run (see [`Op::role`]).

@@ -6,6 +6,7 @@ mod devices;
 mod errors;
 mod gpu;
 mod matmul;
+mod movement;
 mod ops;
 mod plans;
 mod rows;

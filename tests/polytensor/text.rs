@@ -42,10 +42,23 @@ fn every_op() -> Graph {
     g.keep_f32(y).expect("keep");
     g.write_state("kv_cache", y, 0, Offset::Sym("pos".into()))
         .expect("write");
-    let _ = s;
+    let rs = g
+        .reshape(y, [Dim::sym("seq", 2048), Dim::Fixed(2), Dim::Fixed(2)])
+        .expect("reshape");
+    let pm = g.permute(rs, &[0, 2, 1]).expect("permute");
+    let sl = g.slice(pm, 1, 1, 1).expect("slice");
+    let cc = g.concat(&[sl, sl], 1).expect("concat");
+    let window = g
+        .slice(s, 0, 1, Dim::sym("n", 1024))
+        .expect("run-time slice");
+    let ids = g.input("ids", [Dim::sym("seq", 2048)], DType::I32);
+    let rows = g.gather(w, ids).expect("gather");
     g.output("y", y).expect("out");
     g.output("r", sr).expect("out");
     g.output("am", am).expect("out");
+    g.output("moved", cc).expect("out");
+    g.output("window", window).expect("out");
+    g.output("rows", rows).expect("out");
     g
 }
 

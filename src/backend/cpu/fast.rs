@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use super::{matmul, split_axis};
 use crate::dtype::{DType, Rounding};
 use crate::error::{Error, Result};
-use crate::ir::{Node, Op, ReduceOp};
+use crate::ir::{MoveOp, Node, Op, ReduceOp, RowOp};
 use crate::shape::broadcast_strides;
 use crate::tensor::{Storage, StorageRef, constant_storage};
 
@@ -151,6 +151,11 @@ pub(crate) fn eval(
             }
             return Ok(cast(ins[0].0, *to));
         }
+        Op::Reshape { .. }
+        | Op::Permute { .. }
+        | Op::Slice { .. }
+        | Op::Concat { .. }
+        | Op::Gather => return movement(node, ins, out_shape),
         Op::Input { .. } | Op::Weight { .. } | Op::State { .. } | Op::WriteState { .. } => {
             return Err(Error::InvalidGraph(format!(
                 "{} is not evaluated by a kernel",
@@ -343,8 +348,8 @@ fn rows(op: &Op, x: &[f32], len: usize, params: &[Cow<'_, [f32]>]) -> Vec<f32> {
 /// One row of softmax or a norm into `y`.
 fn row_f32(op: &Op, row: &[f32], params: &[Cow<'_, [f32]>], y: &mut [f32]) {
     let n = row.len() as f32;
-    match op {
-        Op::Softmax => {
+    match op.row_op() {
+        Some(RowOp::Softmax) => {
             // Clamped to the finite range, so a row of −Inf is uniform, not NaN (`Op::Softmax`).
             let m = row
                 .iter()
@@ -358,16 +363,14 @@ fn row_f32(op: &Op, row: &[f32], params: &[Cow<'_, [f32]>], y: &mut [f32]) {
                 *o /= s;
             }
         }
-        Op::RmsNorm { eps } => {
+        Some(RowOp::RmsNorm { eps }) => {
             let ms = row.iter().map(|v| v * v).sum::<f32>() / n;
-            let r = 1.0 / (ms + *eps as f32).sqrt();
+            let r = 1.0 / (ms + eps as f32).sqrt();
             for ((o, &v), &w) in y.iter_mut().zip(row).zip(params[0].iter()) {
                 *o = v * r * w;
             }
         }
-        Op::LayerNorm {
-            eps, weight, bias, ..
-        } => {
+        Some(RowOp::LayerNorm { eps, weight, bias }) => {
             // Shifted by the row's first element: a constant row gives exactly zero deviations
             // (the mean of a huge constant row is not exact in f32, its shifted mean is).
             let k = row[0];
@@ -377,17 +380,170 @@ fn row_f32(op: &Op, row: &[f32], params: &[Cow<'_, [f32]>], y: &mut [f32]) {
                 .map(|&v| (v - k - mu) * (v - k - mu))
                 .sum::<f32>()
                 / n;
-            let r = 1.0 / (var + *eps as f32).sqrt();
+            let r = 1.0 / (var + eps as f32).sqrt();
             for (j, (o, &v)) in y.iter_mut().zip(row).enumerate() {
-                let w = if *weight { params[0][j] } else { 1.0 };
-                let b = if *bias {
-                    params[usize::from(*weight)][j]
+                let w = if weight { params[0][j] } else { 1.0 };
+                let b = if bias {
+                    params[usize::from(weight)][j]
                 } else {
                     0.0
                 };
                 *o = (v - k - mu) * r * w + b;
             }
         }
-        _ => {}
+        // Argmax has its own loop (`argmax`); nothing else reaches here.
+        Some(RowOp::ArgMax) | None => {}
     }
+}
+
+/// Row-major strides of `dims`.
+fn strides(dims: &[usize]) -> Vec<usize> {
+    let mut st = vec![1; dims.len()];
+    for d in (0..dims.len().saturating_sub(1)).rev() {
+        st[d] = st[d + 1] * dims[d + 1];
+    }
+    st
+}
+
+/// The data-movement ops as copies of contiguous runs of stored elements (bits, never values),
+/// multi-threaded over runs. A reshape is a plain copy here; the run loop shares the operand's
+/// storage instead where it can (`CpuProgram::run_fast`).
+fn movement(node: &Node, ins: &[(StorageRef<'_>, &[usize])], out: &[usize]) -> Result<Storage> {
+    let n: usize = out.iter().product();
+    let data = if matches!(node.op, Op::Gather) {
+        &ins[..1]
+    } else {
+        ins
+    };
+    macro_rules! typed {
+        ($v:ident) => {{
+            let mut srcs = Vec::with_capacity(data.len());
+            for (s, _) in data {
+                match s {
+                    StorageRef::$v(x) => srcs.push(*x),
+                    other => {
+                        return Err(Error::DTypeMismatch {
+                            op: node.op.name(),
+                            lhs: node.dtype,
+                            rhs: other.dtype(),
+                        });
+                    }
+                }
+            }
+            Storage::$v(movement_typed(node, &srcs, ins, out, n)?)
+        }};
+    }
+    Ok(match node.dtype {
+        DType::F32 => typed!(F32),
+        DType::F16 => typed!(F16),
+        DType::BF16 => typed!(BF16),
+        DType::U32 => typed!(U32),
+        DType::I32 => typed!(I32),
+    })
+}
+
+fn movement_typed<T: Copy + Default + Send + Sync>(
+    node: &Node,
+    srcs: &[&[T]],
+    ins: &[(StorageRef<'_>, &[usize])],
+    out: &[usize],
+    n: usize,
+) -> Result<Vec<T>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    match node.op.move_op() {
+        Some(MoveOp::Reshape) => copy_runs(srcs, n, n, &|_| Ok((0, 0))),
+        Some(MoveOp::Permute { perm }) => {
+            // Trailing output dims that the permutation keeps in place are contiguous in both
+            // tensors: copy them as one run.
+            let rank = out.len();
+            let keep = (0..rank).rev().take_while(|&d| perm[d] == d).count();
+            let lead = rank - keep;
+            let run: usize = out[lead..].iter().product();
+            let ist = strides(ins[0].1);
+            let lead_dims = &out[..lead];
+            copy_runs(srcs, n, run, &|r| {
+                let (mut rem, mut src) = (r, 0);
+                for d in (0..lead).rev() {
+                    src += (rem % lead_dims[d]) * ist[perm[d]];
+                    rem /= lead_dims[d];
+                }
+                Ok((0, src))
+            })
+        }
+        Some(MoveOp::Slice { axis, start }) => {
+            // One run per outer index: `len` rows of `inner` elements.
+            let (_, len, inner) = split_axis(out, axis);
+            let size = ins[0].1[axis];
+            copy_runs(srcs, n, len * inner, &|o| {
+                Ok((0, (o * size + start) * inner))
+            })
+        }
+        Some(MoveOp::Concat { axis }) => {
+            // Each outer index: a's run, then b's.
+            let (_, na, inner) = split_axis(ins[0].1, axis);
+            let nb = ins[1].1[axis];
+            let (ra, rb) = (na * inner, nb * inner);
+            let mut y = vec![T::default(); n];
+            let rows_per_task = (CHUNK / (ra + rb)).max(1);
+            y.par_chunks_mut((ra + rb) * rows_per_task)
+                .enumerate()
+                .try_for_each(|(t, o)| {
+                    for (r, row) in o.chunks_mut(ra + rb).enumerate() {
+                        let o = t * rows_per_task + r;
+                        let a = srcs[0].get(o * ra..(o + 1) * ra);
+                        let b = srcs.get(1).and_then(|s| s.get(o * rb..(o + 1) * rb));
+                        let (Some(a), Some(b)) = (a, b) else {
+                            return Err(Error::InvalidGraph(format!(
+                                "concat: row {o} past its operands"
+                            )));
+                        };
+                        row[..ra].copy_from_slice(a);
+                        row[ra..].copy_from_slice(b);
+                    }
+                    Ok(())
+                })?;
+            Ok(y)
+        }
+        Some(MoveOp::Gather) => {
+            let (rows, d) = (ins[0].1[0], ins[0].1[1]);
+            let idx = ins[1].0;
+            copy_runs(srcs, n, d, &|r| {
+                Ok((0, super::reference::gather_index(idx, r, rows)? * d))
+            })
+        }
+        None => Err(Error::InvalidGraph(format!(
+            "{} is not a movement op",
+            node.op.name()
+        ))),
+    }
+}
+
+/// `n` elements as runs of `run` (> 0, dividing `n`): run `r` copies from `src(r)` = (operand,
+/// first element). Threads take many short runs or one long one.
+fn copy_runs<T: Copy + Default + Send + Sync>(
+    srcs: &[&[T]],
+    n: usize,
+    run: usize,
+    src: &(dyn Fn(usize) -> Result<(usize, usize)> + Sync),
+) -> Result<Vec<T>> {
+    let mut y = vec![T::default(); n];
+    let rows_per_task = (CHUNK / run.max(1)).max(1);
+    y.par_chunks_mut(run * rows_per_task)
+        .enumerate()
+        .try_for_each(|(t, o)| {
+            for (r, row) in o.chunks_mut(run).enumerate() {
+                let (k, i) = src(t * rows_per_task + r)?;
+                let s = srcs
+                    .get(k)
+                    .and_then(|s| s.get(i..i + row.len()))
+                    .ok_or_else(|| {
+                        Error::InvalidGraph(format!("a copy reads past operand {k} at {i}"))
+                    })?;
+                row.copy_from_slice(s);
+            }
+            Ok(())
+        })?;
+    Ok(y)
 }

@@ -25,7 +25,7 @@ use crate::backend::{
 };
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::ir::{Graph, NodeId, Offset, Role};
+use crate::ir::{Graph, NodeId, Offset, Op, Role};
 use crate::shape::{Bindings, fmt_dims};
 use crate::tensor::{Storage, StorageRef, Tensor, TensorView};
 
@@ -376,6 +376,26 @@ impl CpuProgram {
                         let snapshot = buf.read_lock().storage().clone();
                         stats.bytes_copied += byte_len(snapshot.as_ref());
                         Val::Own(snapshot)
+                    }
+                }
+                // A reshape shares its operand's storage: a borrowed operand stays borrowed, an
+                // owned one is moved when this is its last reader, else copied.
+                Role::Compute if matches!(node.op, Op::Reshape { .. }) => {
+                    let j = node.inputs[0].0;
+                    match vals[j].take() {
+                        Some(Val::Ref(r)) => {
+                            vals[j] = Some(Val::Ref(r));
+                            Val::Ref(r)
+                        }
+                        Some(Val::Own(s)) if plan.last_use[j] == i => Val::Own(s),
+                        Some(Val::Own(s)) => {
+                            let copy = s.clone();
+                            vals[j] = Some(Val::Own(s));
+                            Val::Own(copy)
+                        }
+                        None => {
+                            return Err(Error::InvalidGraph(format!("%{i}: operand %{j} freed")));
+                        }
                     }
                 }
                 Role::Constant(_) | Role::Compute => {

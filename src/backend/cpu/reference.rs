@@ -8,9 +8,9 @@ use super::{Plan, byte_len, cpu_buffer, resolve_offset, split_axis, write_state}
 use crate::backend::{RunArgs, RunStats};
 use crate::dtype::{DType, Rounding};
 use crate::error::{Error, Result};
-use crate::ir::{Node, Op, ReduceOp, Role};
+use crate::ir::{MoveOp, Node, Op, ReduceOp, Role, RowOp};
 use crate::shape::broadcast_strides;
-use crate::tensor::{Storage, Tensor, constant_storage};
+use crate::tensor::{Storage, StorageRef, Tensor, constant_storage};
 
 /// Rounds an f64 to what `dtype` stores, returned as f64.
 fn round_to(x: f64, dtype: DType) -> f64 {
@@ -110,8 +110,8 @@ fn rows(op: &Op, x: &[f64], len: usize, params: &[&[f64]], n: usize) -> Vec<f64>
     }
     let mut y = Vec::with_capacity(x.len());
     for row in x.chunks(len) {
-        match op {
-            Op::Softmax => {
+        match op.row_op() {
+            Some(RowOp::Softmax) => {
                 // −Inf and +Inf are clamped to the largest finite values (see `Op::Softmax`).
                 let fmax = f64::from(f32::MAX);
                 let row: Vec<f64> = row.iter().map(|&v| v.clamp(-fmax, fmax)).collect();
@@ -120,21 +120,19 @@ fn rows(op: &Op, x: &[f64], len: usize, params: &[&[f64]], n: usize) -> Vec<f64>
                 let s: f64 = e.iter().sum();
                 y.extend(e.iter().map(|&v| v / s));
             }
-            Op::RmsNorm { eps } => {
+            Some(RowOp::RmsNorm { eps }) => {
                 let ms = row.iter().map(|v| v * v).sum::<f64>() / len as f64;
                 let r = 1.0 / (ms + eps).sqrt();
                 y.extend(row.iter().zip(params[0]).map(|(&v, &w)| v * r * w));
             }
-            Op::LayerNorm {
-                eps, weight, bias, ..
-            } => {
+            Some(RowOp::LayerNorm { eps, weight, bias }) => {
                 let mean = row.iter().sum::<f64>() / len as f64;
                 let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / len as f64;
                 let r = 1.0 / (var + eps).sqrt();
                 for (k, &v) in row.iter().enumerate() {
-                    let w = if *weight { params[0][k] } else { 1.0 };
-                    let b = if *bias {
-                        params[usize::from(*weight)][k]
+                    let w = if weight { params[0][k] } else { 1.0 };
+                    let b = if bias {
+                        params[usize::from(weight)][k]
                     } else {
                         0.0
                     };
@@ -142,7 +140,7 @@ fn rows(op: &Op, x: &[f64], len: usize, params: &[&[f64]], n: usize) -> Vec<f64>
                 }
             }
             // Only the row ops reach here (`eval`'s match).
-            _ => {
+            Some(RowOp::ArgMax) | None => {
                 // Argmax: NaN above every number (the first NaN wins), ties to the lowest index
                 // (`>` keeps the earlier of equal values; −0 == +0).
                 let mut best = 0;
@@ -210,12 +208,159 @@ fn eval(node: &Node, ins: &[(&[f64], &[usize], DType)], out: &[usize]) -> Result
         Op::Constant { values } => constant_storage(values, node.dtype, n)?
             .as_ref()
             .to_f64_vec(),
-        Op::Input { .. } | Op::Weight { .. } | Op::State { .. } | Op::WriteState { .. } => {
+        Op::Input { .. }
+        | Op::Weight { .. }
+        | Op::State { .. }
+        | Op::WriteState { .. }
+        | Op::Reshape { .. }
+        | Op::Permute { .. }
+        | Op::Slice { .. }
+        | Op::Concat { .. }
+        | Op::Gather => {
             return Err(Error::InvalidGraph(format!(
-                "{} has no kernel",
+                "{} is not evaluated in f64",
                 node.op.name()
             )));
         }
+    })
+}
+
+/// True for the data-movement ops, which the reference runs on the stored bits (`movement`),
+/// never through f64, so integers, NaN payloads and signalling NaNs stay exact.
+fn is_movement(op: &Op) -> bool {
+    op.move_op().is_some()
+}
+
+/// The multi-index of flat element `l` in `dims`.
+fn unflatten(mut l: usize, dims: &[usize]) -> Vec<usize> {
+    let mut o = vec![0; dims.len()];
+    for d in (0..dims.len()).rev() {
+        o[d] = l % dims[d].max(1);
+        l /= dims[d].max(1);
+    }
+    o
+}
+
+/// The flat element index of multi-index `o` in `dims`.
+fn flatten(o: &[usize], dims: &[usize]) -> usize {
+    o.iter().zip(dims).fold(0, |acc, (&i, &n)| acc * n + i)
+}
+
+/// Index `r` of a gather's index tensor, checked against the table's `rows`.
+pub(super) fn gather_index(idx: StorageRef<'_>, r: usize, rows: usize) -> Result<usize> {
+    let i = match idx {
+        StorageRef::U32(v) => v.get(r).map(|&i| i64::from(i)),
+        StorageRef::I32(v) => v.get(r).map(|&i| i64::from(i)),
+        other => {
+            return Err(Error::InvalidArgument {
+                op: "gather",
+                msg: format!("indices must be u32 or i32, got {}", other.dtype()),
+            });
+        }
+    };
+    let i = i.ok_or_else(|| Error::InvalidGraph(format!("gather: index {r} past the indices")))?;
+    usize::try_from(i)
+        .ok()
+        .filter(|&u| u < rows)
+        .ok_or_else(|| Error::InvalidArgument {
+            op: "gather",
+            msg: format!(
+                "index {i} (at position {r} of the indices) is outside the table's {rows} rows"
+            ),
+        })
+}
+
+/// Where output element `l` of a movement op comes from: (operand, flat element index).
+fn movement_source(
+    node: &Node,
+    ins: &[(StorageRef<'_>, &[usize])],
+    out: &[usize],
+    l: usize,
+) -> Result<(usize, usize)> {
+    Ok(match node.op.move_op() {
+        Some(MoveOp::Reshape) => (0, l),
+        Some(MoveOp::Permute { perm }) => {
+            // Output dimension d walks operand dimension perm[d].
+            let o = unflatten(l, out);
+            let mut src = vec![0; o.len()];
+            for (d, &p) in perm.iter().enumerate() {
+                src[p] = o[d];
+            }
+            (0, flatten(&src, ins[0].1))
+        }
+        Some(MoveOp::Slice { axis, start }) => {
+            let mut o = unflatten(l, out);
+            o[axis] += start;
+            (0, flatten(&o, ins[0].1))
+        }
+        Some(MoveOp::Concat { axis }) => {
+            let mut o = unflatten(l, out);
+            let na = ins[0].1[axis];
+            if o[axis] < na {
+                (0, flatten(&o, ins[0].1))
+            } else {
+                o[axis] -= na;
+                (1, flatten(&o, ins[1].1))
+            }
+        }
+        Some(MoveOp::Gather) => {
+            let (rows, d) = (ins[0].1[0], ins[0].1[1]);
+            let row = gather_index(ins[1].0, l / d.max(1), rows)?;
+            (0, row * d + l % d.max(1))
+        }
+        None => {
+            return Err(Error::InvalidGraph(format!(
+                "{} is not a movement op",
+                node.op.name()
+            )));
+        }
+    })
+}
+
+/// A movement op on stored bits, one element at a time.
+fn movement(node: &Node, ins: &[(StorageRef<'_>, &[usize])], out: &[usize]) -> Result<Storage> {
+    let n: usize = out.iter().product();
+    // Gather's operand 1 holds indices, not data.
+    let data = if matches!(node.op, Op::Gather) {
+        &ins[..1]
+    } else {
+        ins
+    };
+    let lost = |k: usize, l: usize, i: usize| {
+        Error::InvalidGraph(format!(
+            "{}: element {l} reads {i}, past operand {k}",
+            node.op.name()
+        ))
+    };
+    macro_rules! pick {
+        ($v:ident) => {{
+            let mut srcs = Vec::with_capacity(data.len());
+            for (s, _) in data {
+                match s {
+                    StorageRef::$v(x) => srcs.push(*x),
+                    other => {
+                        return Err(Error::DTypeMismatch {
+                            op: node.op.name(),
+                            lhs: node.dtype,
+                            rhs: other.dtype(),
+                        });
+                    }
+                }
+            }
+            let mut y = Vec::with_capacity(n);
+            for l in 0..n {
+                let (k, i) = movement_source(node, ins, out, l)?;
+                y.push(*srcs[k].get(i).ok_or_else(|| lost(k, l, i))?);
+            }
+            Storage::$v(y)
+        }};
+    }
+    Ok(match node.dtype {
+        DType::F32 => pick!(F32),
+        DType::F16 => pick!(F16),
+        DType::BF16 => pick!(BF16),
+        DType::U32 => pick!(U32),
+        DType::I32 => pick!(I32),
     })
 }
 
@@ -233,43 +378,67 @@ fn stored(dtype: DType, v: &[f64]) -> Result<Storage> {
 /// `stats.bytes_copied`).
 pub(super) fn run(plan: &Plan, args: &RunArgs<'_>, stats: &mut RunStats) -> Result<Vec<Tensor>> {
     let shapes = plan.shapes(args.bindings)?;
-    let mut vals: Vec<Vec<f64>> = Vec::with_capacity(plan.graph.nodes().len());
-    for (i, node) in plan.graph.nodes().iter().enumerate() {
-        let v = match node.op.role() {
-            Role::Input(name) => args
-                .inputs
-                .get(name)
-                .map(|t| t.data().to_f64_vec())
-                .ok_or_else(|| Error::MissingInput {
-                    name: name.to_string(),
-                    shape: node.shape.to_string(),
-                    dtype: node.dtype,
-                })?,
+    let nodes = plan.graph.nodes();
+    let mut vals: Vec<Vec<f64>> = Vec::with_capacity(nodes.len());
+    // The stored bits of sources and movement results: movement copies bits, and f64 would
+    // lose NaN payloads. `None` for computed values (their f64 value rounds back exactly).
+    let mut exact: Vec<Option<Storage>> = Vec::with_capacity(nodes.len());
+    for (i, node) in nodes.iter().enumerate() {
+        let bits = |j: usize, vals: &[Vec<f64>], exact: &[Option<Storage>]| match &exact[j] {
+            Some(s) => Ok(s.clone()),
+            None => stored(nodes[j].dtype, &vals[j]),
+        };
+        let e = match node.op.role() {
+            Role::Input(name) => Some(
+                args.inputs
+                    .get(name)
+                    .map(|t| t.data().to_owned())
+                    .ok_or_else(|| Error::MissingInput {
+                        name: name.to_string(),
+                        shape: node.shape.to_string(),
+                        dtype: node.dtype,
+                    })?,
+            ),
             Role::Weight(name) => {
                 let buf = args.weights.get(name).ok_or_else(|| Error::UnknownWeight {
                     name: name.to_string(),
                     known: String::new(),
                 })?;
-                cpu_buffer(buf, name)?.read_lock().to_f64_vec()
+                Some(cpu_buffer(buf, name)?.read_lock().storage().clone())
             }
             Role::State(name) => {
                 let t = state(args, name)?.read_lock();
                 stats.bytes_copied += byte_len(t.storage().as_ref());
-                t.to_f64_vec()
+                Some(t.storage().clone())
             }
             Role::WriteState { name, axis, offset } => {
                 let j = node.inputs[0].0;
-                let value = stored(node.dtype, &vals[j])?;
+                let value = bits(j, &vals, &exact)?;
                 let off = resolve_offset(offset, args.bindings)?;
                 let buf = state(args, name)?;
                 let mut t = buf.write_lock();
                 write_state(name, &mut t, value.as_ref(), &shapes[j], axis, off)?;
                 stats.state_elements_written += value.len() as u64;
                 stats.bytes_copied += byte_len(t.storage().as_ref());
-                t.to_f64_vec()
+                Some(t.storage().clone())
             }
-            Role::Constant(_) | Role::Compute => {
-                let nodes = plan.graph.nodes();
+            Role::Compute if is_movement(&node.op) => {
+                let mut owned = Vec::with_capacity(node.inputs.len());
+                for j in &node.inputs {
+                    owned.push(bits(j.0, &vals, &exact)?);
+                }
+                let ins: Vec<(StorageRef<'_>, &[usize])> = owned
+                    .iter()
+                    .zip(&node.inputs)
+                    .map(|(s, j)| (s.as_ref(), shapes[j.0].as_slice()))
+                    .collect();
+                Some(movement(node, &ins, &shapes[i])?)
+            }
+            Role::Constant(_) | Role::Compute => None,
+        };
+        let v = match &e {
+            Some(s) => s.as_ref().to_f64_vec(),
+            None => {
                 let ins: Vec<(&[f64], &[usize], DType)> = node
                     .inputs
                     .iter()
@@ -309,12 +478,16 @@ pub(super) fn run(plan: &Plan, args: &RunArgs<'_>, stats: &mut RunStats) -> Resu
             }
         };
         vals.push(v);
+        exact.push(e);
     }
     plan.graph
         .outputs()
         .iter()
         .map(|(_, id)| {
-            let storage = stored(plan.graph.nodes()[id.0].dtype, &vals[id.0])?;
+            let storage = match &exact[id.0] {
+                Some(s) => s.clone(),
+                None => stored(nodes[id.0].dtype, &vals[id.0])?,
+            };
             Tensor::from_storage(&shapes[id.0], storage)
         })
         .collect()

@@ -15,6 +15,7 @@
 mod cast;
 mod elementwise;
 mod matmul;
+mod movement;
 mod reduce;
 mod rows;
 mod state;
@@ -162,6 +163,11 @@ pub(crate) fn supports(node: &NodeView<'_>, class: &Class) -> std::result::Resul
         Op::Softmax | Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::ArgMax => {
             rows::supports(node, class)
         }
+        Op::Reshape { .. }
+        | Op::Permute { .. }
+        | Op::Slice { .. }
+        | Op::Concat { .. }
+        | Op::Gather => movement::supports(node, class),
     }
 }
 
@@ -178,6 +184,11 @@ pub(crate) fn plan(node: &NodeView<'_>, class: &Class) -> Result<Vec<Launch>> {
         Op::Softmax | Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::ArgMax => {
             rows::plan(node, class)
         }
+        Op::Reshape { .. }
+        | Op::Permute { .. }
+        | Op::Slice { .. }
+        | Op::Concat { .. }
+        | Op::Gather => Ok(movement::plan(node, class)),
     }
 }
 
@@ -209,6 +220,11 @@ pub(crate) fn bind(
         Op::Softmax | Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::ArgMax => {
             Ok(vec![rows::bind(node, class, run)])
         }
+        Op::Reshape { .. }
+        | Op::Permute { .. }
+        | Op::Slice { .. }
+        | Op::Concat { .. }
+        | Op::Gather => movement::bind(node, class, launches),
     }
 }
 
@@ -220,6 +236,7 @@ pub(crate) fn all_keys() -> Vec<PipelineKey> {
     keys.extend(rows::all_keys());
     keys.extend(state::all_keys());
     keys.extend(matmul::all_keys());
+    keys.extend(movement::all_keys());
     keys
 }
 

@@ -10,7 +10,7 @@ use crate::backend::wgpu::context::{PRELUDE, PipelineKey, Shader};
 use crate::backend::wgpu::layout::{code, geometry};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::ir::Op;
+use crate::ir::{Op, RowOp};
 
 pub(crate) static SHADER: Shader = Shader {
     name: "rows",
@@ -59,13 +59,12 @@ enum Kind {
 }
 
 fn kind(op: &Op) -> Option<Kind> {
-    match op {
-        Op::Softmax => Some(Kind::Softmax),
-        Op::RmsNorm { .. } => Some(Kind::RmsNorm),
-        Op::LayerNorm { .. } => Some(Kind::LayerNorm),
-        Op::ArgMax => Some(Kind::ArgMax),
-        _ => None,
-    }
+    op.row_op().map(|r| match r {
+        RowOp::Softmax => Kind::Softmax,
+        RowOp::RmsNorm { .. } => Kind::RmsNorm,
+        RowOp::LayerNorm { .. } => Kind::LayerNorm,
+        RowOp::ArgMax => Kind::ArgMax,
+    })
 }
 
 fn key(k: Kind, x: DType, out: DType, sr: bool, tree: bool) -> PipelineKey {
@@ -108,13 +107,13 @@ pub(super) fn supports(node: &NodeView<'_>, class: &Class) -> std::result::Resul
 
 /// Bindings: x, w, b (x again for an absent parameter), out.
 pub(super) fn plan(node: &NodeView<'_>, class: &Class) -> Result<Vec<Launch>> {
-    let (w, b) = match node.op {
-        Op::RmsNorm { .. } => (1, 0),
-        Op::LayerNorm { weight, bias, .. } => (
-            usize::from(*weight),
-            if *bias { 1 + usize::from(*weight) } else { 0 },
+    let (w, b) = match node.op.row_op() {
+        Some(RowOp::RmsNorm { .. }) => (1, 0),
+        Some(RowOp::LayerNorm { weight, bias, .. }) => (
+            usize::from(weight),
+            if bias { 1 + usize::from(weight) } else { 0 },
         ),
-        _ => (0, 0),
+        Some(RowOp::Softmax | RowOp::ArgMax) | None => (0, 0),
     };
     let Some(k) = kind(node.op) else {
         return Err(Error::InvalidGraph(format!(
@@ -146,10 +145,10 @@ pub(super) fn bind(node: &NodeView<'_>, class: &Class, run: &RunValues<'_>) -> G
     let (xd, xs) = node.input(0);
     let len = xs.last().copied().unwrap_or(1);
     let rows = super::count(&xs[..xs.len().saturating_sub(1)]);
-    let (eps, has_w, has_b) = match node.op {
-        Op::RmsNorm { eps } => (*eps, true, false),
-        Op::LayerNorm { eps, weight, bias } => (*eps, *weight, *bias),
-        _ => (0.0, false, false),
+    let (eps, has_w, has_b) = match node.op.row_op() {
+        Some(RowOp::RmsNorm { eps }) => (eps, true, false),
+        Some(RowOp::LayerNorm { eps, weight, bias }) => (eps, weight, bias),
+        Some(RowOp::Softmax | RowOp::ArgMax) | None => (0.0, false, false),
     };
     let (_, x_pitch, _) = geometry(xd, xs);
     let (_, out_pitch, _) = geometry(node.dtype, node.shape);
