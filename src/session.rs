@@ -16,7 +16,7 @@ use crate::backend::{Device, DeviceBuffer, RunArgs, RunStats};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ir::passes::{Precision, dce, precision, validate};
-use crate::ir::{Graph, Offset, Op};
+use crate::ir::{Graph, Op};
 use crate::placement::{FallbackPolicy, Placement, Segment, Src, place};
 use crate::shape::{Bindings, Dim, Shape, fmt_dims};
 use crate::tensor::{StorageRef, Tensor, TensorView};
@@ -302,13 +302,10 @@ impl Session {
         }
         let mut scalars = Vec::new();
         for node in graph.nodes() {
-            if let Op::WriteState {
-                offset: Offset::Sym(s),
-                ..
-            } = &node.op
-                && !scalars.contains(s)
+            if let Some(s) = node.op.run_scalar()
+                && !scalars.iter().any(|x| x == s)
             {
-                scalars.push(s.clone());
+                scalars.push(s.to_string());
             }
         }
         let mut symbols: Vec<(String, usize)> = Vec::new();

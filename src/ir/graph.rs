@@ -244,6 +244,32 @@ impl Graph {
         self.op(op, vec![a, b])
     }
 
+    /// Fused attention `softmax(scale·q·kᵀ + mask)·v` (see [`Op::Attention`]): q
+    /// `[B, Hq, Sq, D]`, k and v `[B, Hkv, Skv, D]`, `lengths` (u32 `[B]`, valid keys per batch
+    /// row) for a key-padding mask. With `q_offset`, the keys read are the first
+    /// `q_offset + Sq` (a KV cache), and a causal query i sees keys ≤ q_offset + i.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(
+        &mut self,
+        q: NodeId,
+        k: NodeId,
+        v: NodeId,
+        lengths: Option<NodeId>,
+        scale: f64,
+        causal: bool,
+        q_offset: Option<Offset>,
+    ) -> Result<NodeId> {
+        let mut inputs = vec![q, k, v];
+        inputs.extend(lengths);
+        let op = Op::Attention {
+            scale,
+            causal,
+            q_offset,
+            padding: lengths.is_some(),
+        };
+        self.op(op, inputs)
+    }
+
     /// An elementwise op of one operand.
     pub fn unary(&mut self, op: UnaryOp, x: NodeId) -> Result<NodeId> {
         self.op(Op::Unary(op), vec![x])
@@ -526,6 +552,7 @@ impl Graph {
             Op::Slice { axis, start, len } => infer_slice(ins[0], *axis, *start, len),
             Op::Concat { axis } => infer_concat(ins[0], ins[1], *axis),
             Op::Gather => infer_gather(ins[0], ins[1]),
+            Op::Attention { padding, .. } => infer_attention(&ins, *padding),
             Op::WriteState { name: s, axis, .. } => {
                 let state = self.nodes[..at]
                     .iter()
@@ -853,4 +880,56 @@ fn infer_gather(table: &Node, idx: &Node) -> Result<(Shape, DType)> {
     let mut dims = idx.shape.0.clone();
     dims.push(table.shape.0[1].clone());
     Ok((Shape(dims), table.dtype))
+}
+
+/// Attention's operands: q `[B, Hq, Sq, D]`, k = v `[B, Hkv, Skv, D]` (one float dtype, Hq a
+/// multiple of Hkv, B and D equal), lengths u32 `[B]`.
+fn infer_attention(ins: &[&Node], padding: bool) -> Result<(Shape, DType)> {
+    let (q, k, v) = (ins[0], ins[1], ins[2]);
+    let bad = |msg: String| Error::ShapeMismatch {
+        op: "attention",
+        lhs: q.shape.to_string(),
+        rhs: k.shape.to_string(),
+        detail: msg,
+    };
+    require_float("attention", q.dtype)?;
+    for x in [k, v] {
+        if x.dtype != q.dtype {
+            return Err(Error::DTypeMismatch {
+                op: "attention",
+                lhs: q.dtype,
+                rhs: x.dtype,
+            });
+        }
+    }
+    if q.shape.rank() != 4 || k.shape.rank() != 4 || v.shape != k.shape {
+        return Err(bad(format!(
+            "q [B, Hq, Sq, D], k and v [B, Hkv, Skv, D] (v is {})",
+            v.shape
+        )));
+    }
+    let (qd, kd) = (q.shape.dims(), k.shape.dims());
+    if qd[0] != kd[0] || qd[3] != kd[3] {
+        return Err(bad("batch and head dims of q and k differ".to_string()));
+    }
+    let (Dim::Fixed(hq), Dim::Fixed(hkv), Dim::Fixed(_)) = (&qd[1], &kd[1], &qd[3]) else {
+        return Err(bad("head counts and the head dim must be fixed".to_string()));
+    };
+    if *hkv == 0 || hq % hkv != 0 {
+        return Err(bad(format!(
+            "query heads {hq} are not a multiple of key/value heads {hkv}"
+        )));
+    }
+    if padding {
+        let l = ins[3];
+        if l.dtype != DType::U32 || l.shape.rank() != 1 || l.shape.dims()[0] != qd[0] {
+            return Err(Error::ShapeMismatch {
+                op: "attention",
+                lhs: q.shape.to_string(),
+                rhs: format!("{}{}", l.dtype, l.shape),
+                detail: "key lengths must be u32 [B]".to_string(),
+            });
+        }
+    }
+    Ok((q.shape.clone(), q.dtype))
 }

@@ -253,6 +253,19 @@ pub enum Op {
     /// Rows of a table `[V, D]` (operand 0) selected by a u32 or i32 index tensor `[..]`
     /// (operand 1): `[.., D]`.
     Gather,
+    /// Fused scaled-dot-product attention, `softmax(scale·QKᵀ + mask)·V` per head, the scores
+    /// never stored. Operands: q `[B, Hq, Sq, D]`, k and v `[B, Hkv, Skv, D]` (Hq a multiple of
+    /// Hkv: query head h reads key/value head h / (Hq / Hkv)), then, when `padding`, the number
+    /// of valid keys per batch row (u32 `[B]`). The keys read are the first `q_offset + Sq`
+    /// (all Skv without a `q_offset`; a run where that exceeds Skv is an `Err`), so attention can
+    /// read a prefix of a KV-cache state directly. `causal`: query i sees keys ≤ q_offset + i.
+    /// A row with no visible key gives zeros. Accumulates in f32; output `[B, Hq, Sq, D]`.
+    Attention {
+        scale: f64,
+        causal: bool,
+        q_offset: Option<Offset>,
+        padding: bool,
+    },
 }
 
 impl Op {
@@ -279,6 +292,7 @@ impl Op {
             Op::Slice { .. } => "slice",
             Op::Concat { .. } => "concat",
             Op::Gather => "gather",
+            Op::Attention { .. } => "attention",
         }
     }
 
@@ -300,6 +314,7 @@ impl Op {
             | Op::RmsNorm { .. }
             | Op::Concat { .. }
             | Op::Gather => 2,
+            Op::Attention { padding, .. } => 3 + usize::from(*padding),
             Op::LayerNorm { weight, bias, .. } => 1 + usize::from(*weight) + usize::from(*bias),
         }
     }
@@ -351,7 +366,8 @@ impl Op {
             | Op::Permute { .. }
             | Op::Slice { .. }
             | Op::Concat { .. }
-            | Op::Gather => Role::Compute,
+            | Op::Gather
+            | Op::Attention { .. } => Role::Compute,
         }
     }
 
@@ -381,7 +397,8 @@ impl Op {
             | Op::Permute { .. }
             | Op::Slice { .. }
             | Op::Concat { .. }
-            | Op::Gather => None,
+            | Op::Gather
+            | Op::Attention { .. } => None,
         }
     }
 
@@ -409,7 +426,39 @@ impl Op {
             | Op::Softmax
             | Op::RmsNorm { .. }
             | Op::LayerNorm { .. }
-            | Op::ArgMax => None,
+            | Op::ArgMax
+            | Op::Attention { .. } => None,
+        }
+    }
+
+    /// The per-run scalar (a symbol bound at each run) the op reads as a position, if any: a
+    /// state write's offset, attention's query offset.
+    pub fn run_scalar(&self) -> Option<&str> {
+        let offset = match self {
+            Op::WriteState { offset, .. } => Some(offset),
+            Op::Attention { q_offset, .. } => q_offset.as_ref(),
+            Op::Input { .. }
+            | Op::Weight { .. }
+            | Op::State { .. }
+            | Op::Constant { .. }
+            | Op::MatMul { .. }
+            | Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Reduce { .. }
+            | Op::Cast { .. }
+            | Op::Softmax
+            | Op::RmsNorm { .. }
+            | Op::LayerNorm { .. }
+            | Op::ArgMax
+            | Op::Reshape { .. }
+            | Op::Permute { .. }
+            | Op::Slice { .. }
+            | Op::Concat { .. }
+            | Op::Gather => None,
+        };
+        match offset {
+            Some(Offset::Sym(s)) => Some(s),
+            Some(Offset::Fixed(_)) | None => None,
         }
     }
 
@@ -425,7 +474,9 @@ impl Op {
                 PrecisionClass::F32
             }
             Op::ArgMax => PrecisionClass::Keep,
-            Op::Unary(_) | Op::Binary(_) | Op::MatMul { .. } => PrecisionClass::Converted,
+            Op::Unary(_) | Op::Binary(_) | Op::MatMul { .. } | Op::Attention { .. } => {
+                PrecisionClass::Converted
+            }
             Op::Reshape { .. }
             | Op::Permute { .. }
             | Op::Slice { .. }

@@ -10,7 +10,7 @@ use super::{matmul, split_axis};
 use crate::dtype::{DType, Rounding};
 use crate::error::{Error, Result};
 use crate::ir::{MoveOp, Node, Op, ReduceOp, RowOp};
-use crate::shape::broadcast_strides;
+use crate::shape::{Bindings, broadcast_strides};
 use crate::tensor::{Storage, StorageRef, constant_storage};
 
 /// Elements per rayon task for elementwise work.
@@ -73,6 +73,7 @@ pub(crate) fn eval(
     threads: usize,
     seed: u64,
     counter: u64,
+    bindings: &Bindings,
 ) -> Result<Storage> {
     // A safety net under the session's checks: data shorter than its shape is an error here,
     // never an out-of-bounds read in a kernel.
@@ -87,6 +88,20 @@ pub(crate) fn eval(
         }
     }
     let out = match &node.op {
+        Op::Attention { padding, .. } => {
+            let g = super::attention::Geometry::new(&node.op, ins[0].1, ins[1].1, bindings)?;
+            let lengths = match (padding, ins.get(3).map(|x| x.0)) {
+                (true, Some(StorageRef::U32(l))) => Some(l),
+                (true, _) => {
+                    return Err(Error::InvalidGraph(
+                        "attention: key lengths must be u32".to_string(),
+                    ));
+                }
+                (false, _) => None,
+            };
+            let (q, k, v) = (as_f32(ins[0].0), as_f32(ins[1].0), as_f32(ins[2].0));
+            super::attention::fast(&g, &q, &k, &v, lengths)
+        }
         Op::Unary(u) => {
             let x = as_f32(ins[0].0);
             let mut y = vec![0f32; x.len()];

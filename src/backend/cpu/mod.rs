@@ -8,6 +8,7 @@
 //! in the graph, else it is a snapshot (settled decision 13). Buffers and the in-place state
 //! write live in `buffer.rs`.
 
+mod attention;
 mod buffer;
 mod fast;
 mod matmul;
@@ -413,6 +414,7 @@ impl CpuProgram {
                         self.threads,
                         args.seed,
                         args.counter,
+                        args.bindings,
                     )?)
                 }
             };

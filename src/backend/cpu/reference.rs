@@ -9,7 +9,7 @@ use crate::backend::{RunArgs, RunStats};
 use crate::dtype::{DType, Rounding};
 use crate::error::{Error, Result};
 use crate::ir::{MoveOp, Node, Op, ReduceOp, Role, RowOp};
-use crate::shape::broadcast_strides;
+use crate::shape::{Bindings, broadcast_strides};
 use crate::tensor::{Storage, StorageRef, Tensor, constant_storage};
 
 /// Rounds an f64 to what `dtype` stores, returned as f64.
@@ -158,9 +158,20 @@ fn rows(op: &Op, x: &[f64], len: usize, params: &[&[f64]], n: usize) -> Vec<f64>
 }
 
 /// Evaluates one non-source node in f64 (before rounding to its dtype).
-fn eval(node: &Node, ins: &[(&[f64], &[usize], DType)], out: &[usize]) -> Result<Vec<f64>> {
+fn eval(
+    node: &Node,
+    ins: &[(&[f64], &[usize], DType)],
+    out: &[usize],
+    bindings: &Bindings,
+) -> Result<Vec<f64>> {
     let n: usize = out.iter().product();
     Ok(match &node.op {
+        Op::Attention { padding, .. } => {
+            let g = super::attention::Geometry::new(&node.op, ins[0].1, ins[1].1, bindings)?;
+            let lengths: Option<Vec<u32>> =
+                padding.then(|| ins[3].0.iter().map(|&x| x as u32).collect());
+            super::attention::reference(&g, ins[0].0, ins[1].0, ins[2].0, lengths.as_deref())
+        }
         Op::Unary(u) => ins[0].0.iter().map(|&x| u.eval_f64(x)).collect(),
         Op::Binary(b) => {
             let st_a = broadcast_strides(ins[0].1, out);
@@ -450,7 +461,7 @@ pub(super) fn run(plan: &Plan, args: &RunArgs<'_>, stats: &mut RunStats) -> Resu
                         )
                     })
                     .collect();
-                let v = eval(node, &ins, &shapes[i])?;
+                let v = eval(node, &ins, &shapes[i], args.bindings)?;
                 match node.rounding {
                     // Stochastic rounding of the f32 value, element by logical flat index.
                     Rounding::Stochastic { stream }

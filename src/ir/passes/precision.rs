@@ -108,7 +108,12 @@ pub fn precision(graph: &Graph, policy: Precision) -> Result<Graph> {
                 let d = if convert { policy.dtype } else { node.dtype };
                 let mut xs = Vec::with_capacity(ins.len());
                 for &x in &ins {
-                    xs.push(rw.as_dtype(x, d, rounding)?);
+                    // Integer operands (attention's padding lengths) keep their dtype.
+                    if rw.out.node(x)?.dtype.is_float() {
+                        xs.push(rw.as_dtype(x, d, rounding)?);
+                    } else {
+                        xs.push(x);
+                    }
                 }
                 let id = rw.out.op(node.op.clone(), xs)?;
                 let new = &mut rw.out.nodes[id.0];

@@ -23,7 +23,7 @@ mod state;
 use super::context::PipelineKey;
 use super::layout::{device_bytes, geometry};
 use crate::dtype::{DType, Rounding};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ir::Op;
 use crate::shape::Bindings;
 
@@ -159,6 +159,7 @@ pub(crate) fn supports(node: &NodeView<'_>, class: &Class) -> std::result::Resul
         Op::MatMul { .. } => matmul::supports(node, class),
         Op::Unary(_) | Op::Binary(_) => elementwise::supports(node, class),
         Op::Reduce { .. } => reduce::supports(node, class),
+        Op::Attention { .. } => Err("attention has no WGSL kernel yet".to_string()),
         Op::Cast { .. } => cast::supports(node, class),
         Op::Softmax | Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::ArgMax => {
             rows::supports(node, class)
@@ -189,6 +190,9 @@ pub(crate) fn plan(node: &NodeView<'_>, class: &Class) -> Result<Vec<Launch>> {
         | Op::Slice { .. }
         | Op::Concat { .. }
         | Op::Gather => Ok(movement::plan(node, class)),
+        Op::Attention { .. } => Err(Error::Unsupported(
+            "attention has no WGSL kernel yet".to_string(),
+        )),
     }
 }
 
@@ -225,6 +229,9 @@ pub(crate) fn bind(
         | Op::Slice { .. }
         | Op::Concat { .. }
         | Op::Gather => movement::bind(node, class, launches),
+        Op::Attention { .. } => Err(Error::Unsupported(
+            "attention has no WGSL kernel yet".to_string(),
+        )),
     }
 }
 
