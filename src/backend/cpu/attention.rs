@@ -48,7 +48,7 @@ impl Geometry {
             None => 0,
         };
         let keys = match q_offset {
-            Some(_) => off.checked_add(sq).unwrap_or(usize::MAX),
+            Some(_) => off.saturating_add(sq),
             None => skv,
         };
         if keys > skv {
