@@ -57,6 +57,26 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {
 }
 "#;
 
+/// A raw wgpu device on `adapter` with the tiny add pipeline.
+fn tiny_pipeline(adapter: &wgpu::Adapter) -> (wgpu::Device, wgpu::Queue, wgpu::ComputePipeline) {
+    let (device, queue) =
+        pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default()))
+            .expect("device");
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: None,
+        source: wgpu::ShaderSource::Wgsl(TINY.into()),
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: None,
+        layout: None,
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    (device, queue, pipeline)
+}
+
 /// Medians of `fs`, timed in alternation (one call of each per round) so that drift on a shared
 /// machine hits every candidate alike.
 fn alternate(budget: Duration, fs: &mut [&mut dyn FnMut()]) -> Vec<f64> {
@@ -81,21 +101,7 @@ fn alternate(budget: Duration, fs: &mut [&mut dyn FnMut()]) -> Vec<f64> {
 /// Raw wgpu: `chain` dependent dispatches of a 64-element add (c = a + b, ping-ponging two
 /// buffers) in one compute pass and one submission, then a readback: one run per call.
 fn raw_chain(adapter: &wgpu::Adapter, chain: usize) -> impl FnMut() {
-    let (device, queue) =
-        pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default()))
-            .expect("device");
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: None,
-        source: wgpu::ShaderSource::Wgsl(TINY.into()),
-    });
-    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: None,
-        layout: None,
-        module: &module,
-        entry_point: Some("main"),
-        compilation_options: Default::default(),
-        cache: None,
-    });
+    let (device, queue, pipeline) = tiny_pipeline(adapter);
     let mk = |usage| {
         device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
@@ -179,21 +185,7 @@ fn session_chain(device: &Device, chain: usize) -> impl FnMut() {
 /// A raw wgpu submit-and-wait of a 64-element add: write the inputs, dispatch, copy to a
 /// staging buffer, map, wait, read. The floor any runtime on this adapter pays per run.
 fn raw_submit_and_wait(adapter: &wgpu::Adapter, budget: Duration) -> f64 {
-    let (device, queue) =
-        pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default()))
-            .expect("device");
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: None,
-        source: wgpu::ShaderSource::Wgsl(TINY.into()),
-    });
-    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: None,
-        layout: None,
-        module: &module,
-        entry_point: Some("main"),
-        compilation_options: Default::default(),
-        cache: None,
-    });
+    let (device, queue, pipeline) = tiny_pipeline(adapter);
     let mk = |usage| {
         device.create_buffer(&wgpu::BufferDescriptor {
             label: None,

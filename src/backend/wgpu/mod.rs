@@ -318,17 +318,22 @@ impl Backend for WgpuBackend {
     }
 }
 
+/// The opened wgpu device behind `device` (for the test hooks).
+fn opened(device: &Device) -> Result<Arc<Ctx>> {
+    device
+        .backend()
+        .as_any()
+        .and_then(|b| b.downcast_ref::<WgpuBackend>())
+        .ok_or_else(|| Error::Unsupported("not a wgpu device".to_string()))?
+        .ctx()
+}
+
 /// Test hook: makes wgpu report a validation error inside a run's error scope on `device`'s
 /// wgpu device (a bind group missing its entries), and returns what that scope caught. Other
 /// sessions on the device must not see the error.
 #[doc(hidden)]
 pub fn validation_error_in_a_run(device: &Device) -> Result<()> {
-    let backend = device
-        .backend()
-        .as_any()
-        .and_then(|b| b.downcast_ref::<WgpuBackend>())
-        .ok_or_else(|| Error::Unsupported("not a wgpu device".to_string()))?;
-    let ctx = backend.ctx()?;
+    let ctx = opened(device)?;
     ctx.scoped(|| {
         let layout = ctx.layout(&vec![true]);
         let _ = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -345,12 +350,7 @@ pub fn validation_error_in_a_run(device: &Device) -> Result<()> {
 /// successful read of the first buffer.
 #[doc(hidden)]
 pub fn readback_after_a_failed_map(device: &Device) -> Result<Vec<u8>> {
-    let backend = device
-        .backend()
-        .as_any()
-        .and_then(|b| b.downcast_ref::<WgpuBackend>())
-        .ok_or_else(|| Error::Unsupported("not a wgpu device".to_string()))?;
-    let ctx = backend.ctx()?;
+    let ctx = opened(device)?;
     let (first, second) = (ctx.staging(16), ctx.staging(16));
     ctx.read_back(&[(&second, 16)])?;
     // Map `second` and keep it mapped: the next readback of it fails.
