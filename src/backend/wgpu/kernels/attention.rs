@@ -169,16 +169,16 @@ pub(super) fn supports(node: &NodeView<'_>, class: &Class) -> std::result::Resul
             "head dim {d} over the attention kernels' maximum {MAX_D}"
         ));
     }
-    if let Some(t) = tiles_for(class, d) {
-        if t.workgroup_bytes() > class.workgroup_bytes || GWG > class.max_invocations {
-            return Err(format!(
-                "attention tiles need {} bytes of workgroup memory and {GWG} invocations; the \
-                 adapter has {} and {}",
-                t.workgroup_bytes(),
-                class.workgroup_bytes,
-                class.max_invocations
-            ));
-        }
+    if let Some(t) = tiles_for(class, d)
+        && (t.workgroup_bytes() > class.workgroup_bytes || GWG > class.max_invocations)
+    {
+        return Err(format!(
+            "attention tiles need {} bytes of workgroup memory and {GWG} invocations; the \
+             adapter has {} and {}",
+            t.workgroup_bytes(),
+            class.workgroup_bytes,
+            class.max_invocations
+        ));
     }
     // Row and workgroup indices are u32 in the kernels.
     let rows = super::count(q).saturating_mul(2);
