@@ -5,6 +5,11 @@
 //! adds in one `Session::run` against raw wgpu doing 256 dependent dispatches of an add pipeline
 //! in one pass and one submission, in the same run.
 //!
+//! With `-- attention`: causal attention 1×8×512×64 (f32 and bf16 storage) as effective GFLOP/s
+//! over the unmasked half (269 MFLOP), next to our f32 matmul at n = 512 on the same adapter,
+//! timed in alternation in the same run (`POLYTENSOR_KERNELS=gpu` runs the GPU kernel class on
+//! lavapipe/llvmpipe).
+//!
 //! Run: `cargo bench --bench gpu` (`-- 1024` for one size, `-- launch` for the launch-cost rows
 //! only; `POLYTENSOR_BENCH_SECS` per point).
 //! A custom harness rather than criterion: one lavapipe matmul at n = 2048 takes seconds.
@@ -240,6 +245,65 @@ fn raw_submit_and_wait(adapter: &wgpu::Adapter, budget: Duration) -> f64 {
     })
 }
 
+/// Causal attention [1, 8, 512, 64] in `dtype`, scale 1/8.
+fn attention_graph(dtype: DType) -> Graph {
+    let mut g = Graph::new();
+    let s = [1, 8, 512, 64];
+    let (q, k, v) = (
+        g.input("q", s, dtype),
+        g.input("k", s, dtype),
+        g.input("v", s, dtype),
+    );
+    let y = g
+        .attention(q, k, v, None, 0.125, true, None)
+        .expect("attention");
+    g.output("y", y).expect("output");
+    g
+}
+
+/// Causal attention 1×8×512×64 against our f32 matmul at n = 512, alternating, per adapter.
+fn attention_rows(gpus: &[Device], budget: Duration) {
+    // 8 heads × (QKᵀ + PV) × 2 flop × D × the 512·513/2 unmasked (query, key) pairs.
+    let flop = 8.0 * 2.0 * 2.0 * 64.0 * (512.0 * 513.0 / 2.0);
+    println!("| device | kernel | median (ms) | GFLOP/s | f32 matmul n=512 GFLOP/s | ratio |");
+    println!("|---|---|---|---|---|---|");
+    for device in gpus {
+        let name = device.info().name.clone();
+        let n = 512;
+        let a = Tensor::from_f32(&[n, n], data(n * n, 1), DType::F32).expect("a");
+        let b = Tensor::from_f32(&[n, n], data(n * n, 2), DType::F32).expect("b");
+        let mut sm = Session::new(device);
+        sm.set_fallback(FallbackPolicy::Deny);
+        let pm = sm.compile(&matmul_graph(n, DType::F32)).expect("matmul");
+        for dtype in [DType::F32, DType::BF16] {
+            let t: Vec<Tensor> = (0..3)
+                .map(|i| Tensor::from_f32(&[1, 8, 512, 64], data(n * 64 * 8, 3 + i), dtype))
+                .collect::<Result<_, _>>()
+                .expect("qkv");
+            let mut sa = Session::new(device);
+            sa.set_fallback(FallbackPolicy::Deny);
+            let pa = sa.compile(&attention_graph(dtype)).expect("attention");
+            let ins = [("q", t[0].view()), ("k", t[1].view()), ("v", t[2].view())];
+            let mins = [("a", a.view()), ("b", b.view())];
+            let (mut fa, mut fm) = (
+                || {
+                    sa.run(&pa, &ins, &[]).expect("attention run");
+                },
+                || {
+                    sm.run(&pm, &mins, &[]).expect("matmul run");
+                },
+            );
+            let m = alternate(budget, &mut [&mut fa, &mut fm]);
+            let (ga, gm) = (flop / m[0] / 1e9, 2.0 * 512f64.powi(3) / m[1] / 1e9);
+            println!(
+                "| {name} | causal 1×8×512×64 {dtype} | {:.2} | {ga:.2} | {gm:.2} | {:.2} |",
+                m[0] * 1e3,
+                ga / gm
+            );
+        }
+    }
+}
+
 fn main() {
     let filter: Option<usize> = std::env::args().skip(1).find_map(|a| a.parse().ok());
     let launch_only = std::env::args().skip(1).any(|a| a == "launch");
@@ -258,6 +322,10 @@ fn main() {
         .collect();
     if gpus.is_empty() {
         println!("no wgpu adapter found (see README: .ci/setup installs lavapipe)");
+        return;
+    }
+    if std::env::args().skip(1).any(|a| a == "attention") {
+        attention_rows(&gpus, budget);
         return;
     }
     let instance =

@@ -8,7 +8,7 @@
 //! in the graph, else it is a snapshot (settled decision 13). Buffers and the in-place state
 //! write live in `buffer.rs`.
 
-mod attention;
+pub(crate) mod attention;
 mod buffer;
 mod fast;
 mod matmul;

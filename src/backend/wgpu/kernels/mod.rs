@@ -12,6 +12,7 @@
 //! the op (they ask `Op::role`). This file is the one place that names each op's family
 //! (exhaustive matches, no `_`).
 
+mod attention;
 mod cast;
 mod elementwise;
 mod matmul;
@@ -23,7 +24,7 @@ mod state;
 use super::context::PipelineKey;
 use super::layout::{device_bytes, geometry};
 use crate::dtype::{DType, Rounding};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ir::Op;
 use crate::shape::Bindings;
 
@@ -159,7 +160,7 @@ pub(crate) fn supports(node: &NodeView<'_>, class: &Class) -> std::result::Resul
         Op::MatMul { .. } => matmul::supports(node, class),
         Op::Unary(_) | Op::Binary(_) => elementwise::supports(node, class),
         Op::Reduce { .. } => reduce::supports(node, class),
-        Op::Attention { .. } => Err("attention has no WGSL kernel yet".to_string()),
+        Op::Attention { .. } => attention::supports(node, class),
         Op::Cast { .. } => cast::supports(node, class),
         Op::Softmax | Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::ArgMax => {
             rows::supports(node, class)
@@ -190,9 +191,7 @@ pub(crate) fn plan(node: &NodeView<'_>, class: &Class) -> Result<Vec<Launch>> {
         | Op::Slice { .. }
         | Op::Concat { .. }
         | Op::Gather => Ok(movement::plan(node, class)),
-        Op::Attention { .. } => Err(Error::Unsupported(
-            "attention has no WGSL kernel yet".to_string(),
-        )),
+        Op::Attention { .. } => attention::plan(node, class),
     }
 }
 
@@ -229,9 +228,7 @@ pub(crate) fn bind(
         | Op::Slice { .. }
         | Op::Concat { .. }
         | Op::Gather => movement::bind(node, class, launches),
-        Op::Attention { .. } => Err(Error::Unsupported(
-            "attention has no WGSL kernel yet".to_string(),
-        )),
+        Op::Attention { .. } => attention::bind(node, class, run).map(|g| vec![g]),
     }
 }
 
@@ -244,6 +241,7 @@ pub(crate) fn all_keys() -> Vec<PipelineKey> {
     keys.extend(state::all_keys());
     keys.extend(matmul::all_keys());
     keys.extend(movement::all_keys());
+    keys.extend(attention::all_keys());
     keys
 }
 
