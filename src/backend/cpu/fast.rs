@@ -441,16 +441,13 @@ fn rope(
     let half = rotary_dim / 2;
     let inv = crate::ir::rope_inv_freq(theta, rotary_dim);
     let mut table = vec![(0f32, 0f32); seq * half];
-    table
-        .par_chunks_mut(half)
-        .enumerate()
-        .for_each(|(s, t)| {
-            let pos = (first + s) as f64;
-            for (o, &f) in t.iter_mut().zip(&inv) {
-                let (sin, cos) = (pos * f).sin_cos();
-                *o = (cos as f32, sin as f32);
-            }
-        });
+    table.par_chunks_mut(half).enumerate().for_each(|(s, t)| {
+        let pos = (first + s) as f64;
+        for (o, &f) in t.iter_mut().zip(&inv) {
+            let (sin, cos) = (pos * f).sin_cos();
+            *o = (cos as f32, sin as f32);
+        }
+    });
     let rows_per_task = (CHUNK / d).max(1);
     out.par_chunks_mut(d * rows_per_task)
         .zip(x.par_chunks(d * rows_per_task))

@@ -76,10 +76,7 @@ fn attrs(op: &Op) -> Result<(f64, usize, bool, &crate::ir::Offset)> {
             interleaved,
             offset,
         } => Ok((*theta, *rotary_dim, *interleaved, offset)),
-        other => Err(Error::InvalidGraph(format!(
-            "{} is not rope",
-            other.name()
-        ))),
+        other => Err(Error::InvalidGraph(format!("{} is not rope", other.name()))),
     }
 }
 
