@@ -974,13 +974,13 @@ fn infer_rope(x: &Node, theta: f64, rotary_dim: usize, offset: &Offset) -> Resul
     let Dim::Fixed(d) = dims[3] else {
         return Err(bad(format!("the head dim must be fixed, got {}", x.shape)));
     };
-    if d % 2 != 0 {
+    if !d.is_multiple_of(2) {
         return Err(bad(format!(
             "the head dim must be even, got {d} in {}",
             x.shape
         )));
     }
-    if rotary_dim == 0 || rotary_dim % 2 != 0 || rotary_dim > d {
+    if rotary_dim == 0 || !rotary_dim.is_multiple_of(2) || rotary_dim > d {
         return Err(bad(format!(
             "rotary_dim must be even and in 2 ..= {d} (the head dim of {}), got {rotary_dim}",
             x.shape
