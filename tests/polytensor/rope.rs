@@ -304,3 +304,88 @@ fn rope_builder_errors() {
     g.rope(x, 1e4, 8, true, Offset::Sym("p".into()))
         .expect("symbolic sequence");
 }
+
+#[test]
+fn a_rotary_dim_over_the_kernels_256_is_refused_by_wgpu_and_falls_back() {
+    let (d, attrs) = (512, (10_000.0, 512, true));
+    let g = rope_graph(DType::F32, d, attrs, Offset::Fixed(4094));
+    let mut rng = Rng::new(163);
+    let x =
+        Tensor::from_f32(&[B, H, S, d], rng.vec(B * H * S * d, -1.0, 1.0), DType::F32).expect("x");
+    let xs = x.to_f64_vec();
+    let want = direct(&xs, d, attrs, 4094);
+    for device in devices_under_test() {
+        let name = device.info().name.clone();
+        if device.info().backend != "wgpu" {
+            continue;
+        }
+        let Err(err) = session(&device).compile(&g) else {
+            panic!("{name}: a rotary dim over 256 compiled on wgpu with fallback denied");
+        };
+        assert!(err.to_string().contains("rotary_dim"), "{name}: {err}");
+        let mut s = Session::new(&device);
+        s.set_fallback(FallbackPolicy::Allow);
+        let p = s.compile(&g).expect("compile with fallback");
+        let out = s.run(&p, &[("x", x.view())], &[]).expect("run");
+        check(
+            &format!("fallback on {name}"),
+            &out.into_vec()[0].1,
+            &xs,
+            &want,
+            d,
+        );
+    }
+}
+
+#[test]
+fn a_bf16_stochastic_precision_policy_rounds_rope_stochastically() {
+    let (d, attrs) = (64, (10_000.0, 64, false));
+    let g = rope_graph(DType::F32, d, attrs, Offset::Fixed(4094));
+    let mut rng = Rng::new(164);
+    let x =
+        Tensor::from_f32(&[B, H, S, d], rng.vec(B * H * S * d, -1.0, 1.0), DType::F32).expect("x");
+    let xs = x.to_f64_vec();
+    let want = direct(&xs, d, attrs, 4094);
+    let eps = DType::BF16.epsilon();
+    for device in every_device() {
+        let name = device.info().name.clone();
+        let mut s = session(&device);
+        s.set_precision(Some(polytensor::Precision {
+            dtype: DType::BF16,
+            stochastic: true,
+        }));
+        let p = s.compile(&g).expect("compile");
+        let mut runs = Vec::new();
+        for _ in 0..2 {
+            let out = s.run(&p, &[("x", x.view())], &[]).expect("run");
+            let y = out.into_vec().remove(0).1;
+            // Outputs keep their declared dtype: the bf16 values, widened.
+            assert!(
+                y.to_f64_vec()
+                    .iter()
+                    .all(|&v| f64::from(half::bf16::from_f64(v)) == v),
+                "{name}: not bf16 values"
+            );
+            // The input's rounding (≤ ε of the row norm, rotated) and the output's (< 1 ulp).
+            for (r, (yr, (wr, xr))) in y
+                .to_f64_vec()
+                .chunks(d)
+                .zip(want.chunks(d).zip(xs.chunks(d)))
+                .enumerate()
+            {
+                let norm = xr.iter().map(|v| v * v).sum::<f64>().sqrt();
+                for (k, (&a, &e)) in yr.iter().zip(wr).enumerate() {
+                    assert!(
+                        (a - e).abs() <= (4.0 * eps + F32_TOL) * norm,
+                        "{name}: row {r} element {k}: got {a}, expected {e}"
+                    );
+                }
+            }
+            runs.push(y.to_f64_vec());
+        }
+        assert_ne!(
+            runs[0], runs[1],
+            "{name}: the next run drew the same rounding"
+        );
+    }
+}
