@@ -270,6 +270,26 @@ impl Graph {
         self.op(op, inputs)
     }
 
+    /// Rotary position embedding (see [`Op::Rope`]) of x `[B, H, S, D]`: pairs of the first
+    /// `rotary_dim` elements of each row turn by pos · θ^(−2i/rotary_dim), pos = `offset` + s;
+    /// rotate-half pairs (i, i + rotary_dim/2), or (2i, 2i + 1) when `interleaved`.
+    pub fn rope(
+        &mut self,
+        x: NodeId,
+        theta: f64,
+        rotary_dim: usize,
+        interleaved: bool,
+        offset: Offset,
+    ) -> Result<NodeId> {
+        let op = Op::Rope {
+            theta,
+            rotary_dim,
+            interleaved,
+            offset,
+        };
+        self.op(op, vec![x])
+    }
+
     /// An elementwise op of one operand.
     pub fn unary(&mut self, op: UnaryOp, x: NodeId) -> Result<NodeId> {
         self.op(Op::Unary(op), vec![x])
@@ -553,6 +573,12 @@ impl Graph {
             Op::Concat { axis } => infer_concat(ins[0], ins[1], *axis),
             Op::Gather => infer_gather(ins[0], ins[1]),
             Op::Attention { padding, .. } => infer_attention(&ins, *padding),
+            Op::Rope {
+                theta,
+                rotary_dim,
+                offset,
+                ..
+            } => infer_rope(ins[0], *theta, *rotary_dim, offset),
             Op::WriteState { name: s, axis, .. } => {
                 let state = self.nodes[..at]
                     .iter()
@@ -932,4 +958,39 @@ fn infer_attention(ins: &[&Node], padding: bool) -> Result<(Shape, DType)> {
         }
     }
     Ok((q.shape.clone(), q.dtype))
+}
+
+/// Rope's operand: a float x `[B, H, S, D]` with a fixed, even D; an even rotary dimension in
+/// 2 ..= D; θ finite and ≥ 1 (so no frequency exceeds 1); a fixed first position whose rows stay
+/// below [`crate::ir::ROPE_MAX_POSITION`]. The output is x's shape and dtype.
+fn infer_rope(x: &Node, theta: f64, rotary_dim: usize, offset: &Offset) -> Result<(Shape, DType)> {
+    let op = "rope";
+    let bad = |msg: String| Error::InvalidArgument { op, msg };
+    require_float(op, x.dtype)?;
+    if x.shape.rank() != 4 {
+        return Err(bad(format!("x must be [B, H, S, D], got {}", x.shape)));
+    }
+    let dims = x.shape.dims();
+    let Dim::Fixed(d) = dims[3] else {
+        return Err(bad(format!("the head dim must be fixed, got {}", x.shape)));
+    };
+    if !d.is_multiple_of(2) {
+        return Err(bad(format!(
+            "the head dim must be even, got {d} in {}",
+            x.shape
+        )));
+    }
+    if rotary_dim == 0 || !rotary_dim.is_multiple_of(2) || rotary_dim > d {
+        return Err(bad(format!(
+            "rotary_dim must be even and in 2 ..= {d} (the head dim of {}), got {rotary_dim}",
+            x.shape
+        )));
+    }
+    if !(theta.is_finite() && theta >= 1.0) {
+        return Err(bad(format!("theta must be finite and ≥ 1, got {theta}")));
+    }
+    if let Offset::Fixed(_) = offset {
+        crate::ir::rope_first_position(offset, dims[2].max(), &crate::shape::Bindings::new())?;
+    }
+    Ok((x.shape.clone(), x.dtype))
 }

@@ -6,4 +6,7 @@ pub mod passes;
 mod text;
 
 pub use graph::{Graph, Node, NodeId};
-pub use op::{BinaryOp, MoveOp, Offset, Op, PrecisionClass, ReduceOp, Role, RowOp, UnaryOp};
+pub use op::{
+    BinaryOp, MoveOp, Offset, Op, PrecisionClass, ROPE_MAX_POSITION, ReduceOp, Role, RowOp,
+    UnaryOp, rope_first_position, rope_inv_freq,
+};

@@ -7,7 +7,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::dtype::{DType, Rounding};
-use crate::shape::{Dim, Shape};
+use crate::error::{Error, Result};
+use crate::shape::{Bindings, Dim, Shape};
 
 /// Elementwise ops of one operand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -266,6 +267,52 @@ pub enum Op {
         q_offset: Option<Offset>,
         padding: bool,
     },
+    /// Rotary position embedding of x `[B, H, S, D]` (D even): the first `rotary_dim` (even,
+    /// ≤ D) elements of each row turn in pairs by the angle pos · θ^(−2i/rotary_dim), where pair
+    /// i is (i, i + rotary_dim/2) (rotate-half, as HF Llama) or (2i, 2i + 1) when `interleaved`
+    /// (GPT-J, GGUF); the rest pass through. Row s has position `offset + s` (positions below
+    /// 2²⁴, [`ROPE_MAX_POSITION`]); a symbolic offset is bound at each run, so a decode step
+    /// needs no new program. Computes in f32 from f64 angles (exactly range-reduced on GPUs).
+    Rope {
+        theta: f64,
+        rotary_dim: usize,
+        interleaved: bool,
+        offset: Offset,
+    },
+}
+
+/// Rope's positions must stay below 2²⁴ (exact in f32, and the GPU kernels' range reduction
+/// multiplies them as 24-bit integers).
+pub const ROPE_MAX_POSITION: usize = 1 << 24;
+
+/// Rope's inverse frequencies θ^(−2i/rotary_dim), i < rotary_dim/2, in f64: the one definition
+/// every backend uses.
+pub fn rope_inv_freq(theta: f64, rotary_dim: usize) -> Vec<f64> {
+    (0..rotary_dim / 2)
+        .map(|i| theta.powf(-((2 * i) as f64) / rotary_dim as f64))
+        .collect()
+}
+
+/// Rope's first position under this run's `bindings`, for `seq` rows: `Err` when a position
+/// would reach [`ROPE_MAX_POSITION`].
+pub fn rope_first_position(offset: &Offset, seq: usize, bindings: &Bindings) -> Result<usize> {
+    let first = match offset {
+        Offset::Fixed(n) => *n,
+        Offset::Sym(s) => bindings.get(s)?,
+    };
+    if first
+        .checked_add(seq)
+        .is_none_or(|end| end > ROPE_MAX_POSITION)
+    {
+        return Err(Error::InvalidArgument {
+            op: "rope",
+            msg: format!(
+                "positions {first} .. {first} + {seq} reach past the largest supported position {}",
+                ROPE_MAX_POSITION - 1
+            ),
+        });
+    }
+    Ok(first)
 }
 
 impl Op {
@@ -293,6 +340,7 @@ impl Op {
             Op::Concat { .. } => "concat",
             Op::Gather => "gather",
             Op::Attention { .. } => "attention",
+            Op::Rope { .. } => "rope",
         }
     }
 
@@ -308,7 +356,8 @@ impl Op {
             | Op::ArgMax
             | Op::Reshape { .. }
             | Op::Permute { .. }
-            | Op::Slice { .. } => 1,
+            | Op::Slice { .. }
+            | Op::Rope { .. } => 1,
             Op::MatMul { .. }
             | Op::Binary(_)
             | Op::RmsNorm { .. }
@@ -367,7 +416,8 @@ impl Op {
             | Op::Slice { .. }
             | Op::Concat { .. }
             | Op::Gather
-            | Op::Attention { .. } => Role::Compute,
+            | Op::Attention { .. }
+            | Op::Rope { .. } => Role::Compute,
         }
     }
 
@@ -398,7 +448,8 @@ impl Op {
             | Op::Slice { .. }
             | Op::Concat { .. }
             | Op::Gather
-            | Op::Attention { .. } => None,
+            | Op::Attention { .. }
+            | Op::Rope { .. } => None,
         }
     }
 
@@ -427,15 +478,16 @@ impl Op {
             | Op::RmsNorm { .. }
             | Op::LayerNorm { .. }
             | Op::ArgMax
-            | Op::Attention { .. } => None,
+            | Op::Attention { .. }
+            | Op::Rope { .. } => None,
         }
     }
 
     /// The per-run scalar (a symbol bound at each run) the op reads as a position, if any: a
-    /// state write's offset, attention's query offset.
+    /// state write's offset, attention's query offset, rope's first position.
     pub fn run_scalar(&self) -> Option<&str> {
         let offset = match self {
-            Op::WriteState { offset, .. } => Some(offset),
+            Op::WriteState { offset, .. } | Op::Rope { offset, .. } => Some(offset),
             Op::Attention { q_offset, .. } => q_offset.as_ref(),
             Op::Input { .. }
             | Op::Weight { .. }
@@ -474,9 +526,11 @@ impl Op {
                 PrecisionClass::F32
             }
             Op::ArgMax => PrecisionClass::Keep,
-            Op::Unary(_) | Op::Binary(_) | Op::MatMul { .. } | Op::Attention { .. } => {
-                PrecisionClass::Converted
-            }
+            Op::Unary(_)
+            | Op::Binary(_)
+            | Op::MatMul { .. }
+            | Op::Attention { .. }
+            | Op::Rope { .. } => PrecisionClass::Converted,
             Op::Reshape { .. }
             | Op::Permute { .. }
             | Op::Slice { .. }

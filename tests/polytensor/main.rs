@@ -10,6 +10,7 @@ mod matmul;
 mod movement;
 mod ops;
 mod plans;
+mod rope;
 mod rows;
 mod session;
 mod shaders;

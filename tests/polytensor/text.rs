@@ -53,12 +53,30 @@ fn every_op() -> Graph {
         .expect("run-time slice");
     let ids = g.input("ids", [Dim::sym("seq", 2048)], DType::I32);
     let rows = g.gather(w, ids).expect("gather");
+    let heads = g
+        .reshape(
+            y,
+            [
+                Dim::Fixed(1),
+                Dim::Fixed(1),
+                Dim::sym("seq", 2048),
+                Dim::Fixed(4),
+            ],
+        )
+        .expect("reshape");
+    let roped = g
+        .rope(heads, 10_000.0, 4, false, Offset::Sym("pos".into()))
+        .expect("rope");
+    let roped = g
+        .rope(roped, 500_000.0, 2, true, Offset::Fixed(3))
+        .expect("rope");
     g.output("y", y).expect("out");
     g.output("r", sr).expect("out");
     g.output("am", am).expect("out");
     g.output("moved", cc).expect("out");
     g.output("window", window).expect("out");
     g.output("rows", rows).expect("out");
+    g.output("roped", roped).expect("out");
     g
 }
 

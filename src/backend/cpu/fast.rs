@@ -102,6 +102,20 @@ pub(crate) fn eval(
             let (q, k, v) = (as_f32(ins[0].0), as_f32(ins[1].0), as_f32(ins[2].0));
             super::attention::fast(&g, &q, &k, &v, lengths)
         }
+        Op::Rope {
+            theta,
+            rotary_dim,
+            interleaved,
+            offset,
+        } => {
+            let first = crate::ir::rope_first_position(offset, ins[0].1[2], bindings)?;
+            rope(
+                &as_f32(ins[0].0),
+                ins[0].1,
+                (*theta, *rotary_dim, *interleaved),
+                first,
+            )
+        }
         Op::Unary(u) => {
             let x = as_f32(ins[0].0);
             let mut y = vec![0f32; x.len()];
@@ -409,6 +423,52 @@ fn row_f32(op: &Op, row: &[f32], params: &[Cow<'_, [f32]>], y: &mut [f32]) {
         // Argmax has its own loop (`argmax`); nothing else reaches here.
         Some(RowOp::ArgMax) | None => {}
     }
+}
+
+/// Rope of x `[B, H, S, D]` in f32 with cos and sin from f64 angles (so every position is as
+/// accurate as position 0), one table of S × rotary_dim/2 pairs shared by every head.
+fn rope(
+    x: &[f32],
+    shape: &[usize],
+    (theta, rotary_dim, interleaved): (f64, usize, bool),
+    first: usize,
+) -> Vec<f32> {
+    let (seq, d) = (shape[2], shape[3]);
+    let mut out = vec![0f32; x.len()];
+    if out.is_empty() || d == 0 {
+        return out;
+    }
+    let half = rotary_dim / 2;
+    let inv = crate::ir::rope_inv_freq(theta, rotary_dim);
+    let mut table = vec![(0f32, 0f32); seq * half];
+    table.par_chunks_mut(half).enumerate().for_each(|(s, t)| {
+        let pos = (first + s) as f64;
+        for (o, &f) in t.iter_mut().zip(&inv) {
+            let (sin, cos) = (pos * f).sin_cos();
+            *o = (cos as f32, sin as f32);
+        }
+    });
+    let rows_per_task = (CHUNK / d).max(1);
+    out.par_chunks_mut(d * rows_per_task)
+        .zip(x.par_chunks(d * rows_per_task))
+        .enumerate()
+        .for_each(|(task, (o, x))| {
+            for (r, (y, row)) in o.chunks_mut(d).zip(x.chunks(d)).enumerate() {
+                let s = (task * rows_per_task + r) % seq;
+                let t = &table[s * half..(s + 1) * half];
+                for (i, &(c, sn)) in t.iter().enumerate() {
+                    let (a, b) = if interleaved {
+                        (2 * i, 2 * i + 1)
+                    } else {
+                        (i, i + half)
+                    };
+                    y[a] = row[a] * c - row[b] * sn;
+                    y[b] = row[b] * c + row[a] * sn;
+                }
+                y[rotary_dim..].copy_from_slice(&row[rotary_dim..]);
+            }
+        });
+    out
 }
 
 /// Row-major strides of `dims`.

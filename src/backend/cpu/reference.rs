@@ -157,6 +157,40 @@ fn rows(op: &Op, x: &[f64], len: usize, params: &[&[f64]], n: usize) -> Vec<f64>
     y
 }
 
+/// Rope of x `[B, H, S, D]` in f64, straight from the definition (see [`Op::Rope`]): element k
+/// of pair i turns with its partner by the angle pos · θ^(−2i/rotary_dim).
+fn rope(
+    x: &[f64],
+    shape: &[usize],
+    (theta, rotary_dim, interleaved): (f64, usize, bool),
+    first: usize,
+) -> Vec<f64> {
+    let (seq, d) = (shape[2], shape[3]);
+    let inv = crate::ir::rope_inv_freq(theta, rotary_dim);
+    let half = rotary_dim / 2;
+    let mut y = Vec::with_capacity(x.len());
+    for (r, row) in x.chunks(d.max(1)).enumerate() {
+        let pos = (first + r % seq.max(1)) as f64;
+        for (k, &v) in row.iter().enumerate() {
+            if k >= rotary_dim {
+                y.push(v);
+                continue;
+            }
+            // (pair, partner, sign of the partner's term): the first of a pair gets x·cos −
+            // partner·sin, the second x·cos + partner·sin.
+            let (i, partner, sign) = match (interleaved, k < half) {
+                (true, _) if k % 2 == 0 => (k / 2, k + 1, -1.0),
+                (true, _) => (k / 2, k - 1, 1.0),
+                (false, true) => (k, k + half, -1.0),
+                (false, false) => (k - half, k - half, 1.0),
+            };
+            let a = pos * inv[i];
+            y.push(v * a.cos() + sign * row[partner] * a.sin());
+        }
+    }
+    y
+}
+
 /// Evaluates one non-source node in f64 (before rounding to its dtype).
 fn eval(
     node: &Node,
@@ -171,6 +205,20 @@ fn eval(
             let lengths: Option<Vec<u32>> =
                 padding.then(|| ins[3].0.iter().map(|&x| x as u32).collect());
             super::attention::reference(&g, ins[0].0, ins[1].0, ins[2].0, lengths.as_deref())
+        }
+        Op::Rope {
+            theta,
+            rotary_dim,
+            interleaved,
+            offset,
+        } => {
+            let first = crate::ir::rope_first_position(offset, ins[0].1[2], bindings)?;
+            rope(
+                ins[0].0,
+                ins[0].1,
+                (*theta, *rotary_dim, *interleaved),
+                first,
+            )
         }
         Op::Unary(u) => ins[0].0.iter().map(|&x| u.eval_f64(x)).collect(),
         Op::Binary(b) => {

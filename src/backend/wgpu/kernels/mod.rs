@@ -18,6 +18,7 @@ mod elementwise;
 mod matmul;
 mod movement;
 mod reduce;
+mod rope;
 mod rows;
 mod state;
 
@@ -161,6 +162,7 @@ pub(crate) fn supports(node: &NodeView<'_>, class: &Class) -> std::result::Resul
         Op::Unary(_) | Op::Binary(_) => elementwise::supports(node, class),
         Op::Reduce { .. } => reduce::supports(node, class),
         Op::Attention { .. } => attention::supports(node, class),
+        Op::Rope { .. } => rope::supports(node, class),
         Op::Cast { .. } => cast::supports(node, class),
         Op::Softmax | Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::ArgMax => {
             rows::supports(node, class)
@@ -183,6 +185,7 @@ pub(crate) fn plan(node: &NodeView<'_>, class: &Class) -> Result<Vec<Launch>> {
         Op::Binary(b) => Ok(elementwise::plan(node, elementwise::Kind::Binary(*b))),
         Op::Reduce { op, .. } => Ok(reduce::plan(node, class, *op)),
         Op::Cast { .. } => Ok(cast::plan(node)),
+        Op::Rope { .. } => Ok(rope::plan(node)),
         Op::Softmax | Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::ArgMax => {
             rows::plan(node, class)
         }
@@ -220,6 +223,7 @@ pub(crate) fn bind(
         Op::Unary(_) | Op::Binary(_) => Ok(vec![elementwise::bind(node, run)]),
         Op::Reduce { axis, .. } => Ok(vec![reduce::bind(node, class, *axis, run)]),
         Op::Cast { .. } => Ok(vec![cast::bind(node, run)]),
+        Op::Rope { .. } => rope::bind(node, run).map(|g| vec![g]),
         Op::Softmax | Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::ArgMax => {
             Ok(vec![rows::bind(node, class, run)])
         }
@@ -242,6 +246,7 @@ pub(crate) fn all_keys() -> Vec<PipelineKey> {
     keys.extend(matmul::all_keys());
     keys.extend(movement::all_keys());
     keys.extend(attention::all_keys());
+    keys.extend(rope::all_keys());
     keys
 }
 
