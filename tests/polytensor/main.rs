@@ -1,5 +1,6 @@
 //! The integration suite: one binary (settled decision 8), one module per area.
 
+mod attention;
 mod common;
 mod conversions;
 mod devices;

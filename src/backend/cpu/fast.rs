@@ -6,6 +6,7 @@ use std::borrow::Cow;
 
 use rayon::prelude::*;
 
+use super::attention::Kv;
 use super::{matmul, split_axis};
 use crate::dtype::{DType, Rounding};
 use crate::error::{Error, Result};
@@ -57,6 +58,19 @@ fn widen<'a>(s: StorageRef<'a>, buf: &'a mut Vec<f32>) -> &'a [f32] {
     }
 }
 
+/// Attention keys or values as stored (f32 borrowed; 16-bit widened per tile by the kernel).
+fn kv_operand(s: StorageRef<'_>) -> Result<Kv<'_>> {
+    match s {
+        StorageRef::F32(x) => Ok(Kv::F32(x)),
+        StorageRef::F16(x) => Ok(Kv::F16(x)),
+        StorageRef::BF16(x) => Ok(Kv::BF16(x)),
+        other => Err(Error::InvalidGraph(format!(
+            "attention: {} keys or values",
+            other.dtype()
+        ))),
+    }
+}
+
 /// An operand widened to f32, borrowed when it already is f32.
 pub(crate) fn as_f32(s: StorageRef<'_>) -> Cow<'_, [f32]> {
     match s {
@@ -99,8 +113,10 @@ pub(crate) fn eval(
                 }
                 (false, _) => None,
             };
-            let (q, k, v) = (as_f32(ins[0].0), as_f32(ins[1].0), as_f32(ins[2].0));
-            super::attention::fast(&g, &q, &k, &v, lengths)
+            // Q is widened once (it is read once per block); K and V stay as stored and are
+            // widened one tile at a time by the kernel.
+            let (k, v) = (kv_operand(ins[1].0)?, kv_operand(ins[2].0)?);
+            super::attention::fast(&g, &as_f32(ins[0].0), k, v, lengths)
         }
         Op::Unary(u) => {
             let x = as_f32(ins[0].0);
