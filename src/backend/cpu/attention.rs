@@ -152,7 +152,7 @@ pub(crate) fn reference(
     out
 }
 
-/// K or V as stored: f32 is read in place, f16/bf16 widened one tile at a time.
+/// Q, K or V as stored: f32 is read in place, f16/bf16 widened one block or tile at a time.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Kv<'a> {
     F32(&'a [f32]),
@@ -162,12 +162,15 @@ pub(crate) enum Kv<'a> {
 
 impl<'a> Kv<'a> {
     /// Elements `[start, start + len)` as f32: borrowed, or widened into `buf`.
-    fn span<'b>(&'b self, start: usize, len: usize, buf: &'b mut Vec<f32>) -> &'b [f32] {
+    fn span<'b>(self, start: usize, len: usize, buf: &'b mut Vec<f32>) -> &'b [f32]
+    where
+        'a: 'b,
+    {
         let widen = |buf: &'b mut Vec<f32>| -> &'b mut [f32] {
             buf.resize(len, 0.0);
             &mut buf[..len]
         };
-        match *self {
+        match self {
             Kv::F32(x) => &x[start..start + len],
             Kv::F16(x) => {
                 let b = widen(buf);
@@ -200,19 +203,23 @@ pub(crate) const KT: usize = 64;
 /// (settled decision 1: kernels never materialise Inf).
 const SENTINEL: f32 = -1.0e30;
 
-/// The fast path: `out` [B, Hq, Sq, D] in f32. `q` is f32; `k` and `v` as stored.
+/// The fast path: `out` [B, Hq, Sq, D] in f32 (its capacity reused); q, k and v as stored.
 pub(crate) fn fast(
     g: &Geometry,
-    q: &[f32],
+    q: Kv<'_>,
     k: Kv<'_>,
     v: Kv<'_>,
     lengths: Option<&[u32]>,
-) -> Vec<f32> {
+    out: &mut Vec<f32>,
+) {
+    out.clear();
+    out.resize(g.b * g.hq * g.sq * g.d, 0.0);
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        return tiled(g, q, k, v, lengths);
+        tiled(g, q, k, v, lengths, out);
+        return;
     }
-    portable(g, q, &k.to_f32(), &v.to_f32(), lengths)
+    portable(g, &q.to_f32(), &k.to_f32(), &v.to_f32(), lengths, out);
 }
 
 /// The blocks of one (batch row, key/value head) group, as (first row, rows). The group's rows
@@ -248,13 +255,12 @@ fn blocks(sq: usize, ratio: usize) -> Vec<(usize, usize)> {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn tiled(g: &Geometry, q: &[f32], k: Kv<'_>, v: Kv<'_>, lengths: Option<&[u32]>) -> Vec<f32> {
+fn tiled(g: &Geometry, q: Kv<'_>, k: Kv<'_>, v: Kv<'_>, lengths: Option<&[u32]>, out: &mut [f32]) {
     let d = g.d;
     let ratio = g.hq / g.hkv.max(1);
     let rows = ratio * g.sq;
-    let mut out = vec![0f32; g.b * g.hq * g.sq * d];
     if out.is_empty() {
-        return out;
+        return;
     }
     let blocks = blocks(g.sq, ratio);
     let mut tasks: Vec<(usize, usize, usize, &mut [f32])> = Vec::new();
@@ -266,20 +272,92 @@ fn tiled(g: &Geometry, q: &[f32], k: Kv<'_>, v: Kv<'_>, lengths: Option<&[u32]>)
             rest = tail;
         }
     }
+    // Few blocks and many keys (decode): split each block's keys too, so every thread has work,
+    // and merge the splits' partial softmax states.
+    let threads = rayon::current_num_threads().max(1);
+    let splits = if tasks.len() < 2 * threads && g.keys >= 4 * KT {
+        (4 * threads)
+            .div_ceil(tasks.len().max(1))
+            .min(g.keys / (2 * KT))
+            .max(1)
+    } else {
+        1
+    };
+    let chunk = g.keys.div_ceil(splits).next_multiple_of(KT);
     tasks.into_par_iter().for_each(|(grp, r0, nr, o)| {
-        // SAFETY: `fast` checked that the CPU has AVX2 and FMA.
-        unsafe { avx::block(g, q, k, v, lengths, grp, r0, nr, o) }
+        if splits == 1 {
+            // SAFETY: `fast` checked that the CPU has AVX2 and FMA.
+            unsafe { avx::block(g, q, k, v, lengths, (grp, r0, nr), (0, g.keys), true, o) };
+            return;
+        }
+        let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..splits)
+            .into_par_iter()
+            .map(|sp| {
+                let mut po = vec![0f32; nr * d];
+                let keys = (sp * chunk, ((sp + 1) * chunk).min(g.keys));
+                // SAFETY: as above.
+                let (m, l) =
+                    unsafe { avx::block(g, q, k, v, lengths, (grp, r0, nr), keys, false, &mut po) };
+                (po, m, l)
+            })
+            .collect();
+        merge(g, lengths, grp / g.hkv, r0, &parts, o);
     });
-    out
+}
+
+/// Merges the partial results of a block's key splits into its output rows: with the overall
+/// max M of a row, o = Σ 2^(m_s − M)·o_s / Σ 2^(m_s − M)·l_s (a split that saw none of the
+/// row's keys has the sentinel max and weighs 0); a row with no visible key gives zeros.
+#[cfg(target_arch = "x86_64")]
+fn merge(
+    g: &Geometry,
+    lengths: Option<&[u32]>,
+    b: usize,
+    r0: usize,
+    parts: &[(Vec<f32>, Vec<f32>, Vec<f32>)],
+    o: &mut [f32],
+) {
+    let d = g.d;
+    for (c, row) in o.chunks_exact_mut(d).enumerate() {
+        if g.visible(b, (r0 + c) % g.sq, lengths) == 0 {
+            row.fill(0.0);
+            continue;
+        }
+        let mx = parts.iter().map(|p| p.1[c]).fold(SENTINEL, f32::max);
+        let mut sum = 0f32;
+        row.fill(0.0);
+        for (po, m, l) in parts {
+            let wgt = (m[c] - mx).exp2();
+            if wgt == 0.0 {
+                continue;
+            }
+            sum += wgt * l[c];
+            for (x, &y) in row.iter_mut().zip(&po[c * d..(c + 1) * d]) {
+                *x += wgt * y;
+            }
+        }
+        if sum > 0.0 {
+            let inv = 1.0 / sum;
+            for x in row.iter_mut() {
+                *x *= inv;
+            }
+        }
+    }
 }
 
 /// The portable path: each query row walks its visible keys once with an online softmax
 /// (running max and sum, the accumulator rescaled when the max grows), in f32, rows in parallel.
-fn portable(g: &Geometry, q: &[f32], k: &[f32], v: &[f32], lengths: Option<&[u32]>) -> Vec<f32> {
+fn portable(
+    g: &Geometry,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    lengths: Option<&[u32]>,
+    out: &mut [f32],
+) {
     let d = g.d;
-    let mut out = vec![0f32; g.b * g.hq * g.sq * d];
     if d == 0 {
-        return out;
+        return;
     }
     let scale = g.scale as f32;
     out.par_chunks_mut(d).enumerate().for_each(|(r, o)| {
@@ -314,7 +392,6 @@ fn portable(g: &Geometry, q: &[f32], k: &[f32], v: &[f32], lengths: Option<&[u32
             }
         }
     });
-    out
 }
 
 /// 2^x for each element of `x` in place, vectorised where the CPU allows (relative error a few
@@ -442,28 +519,37 @@ mod avx {
         assert!(k.len() >= n * d && qt.len() >= d * w && s.len() >= n * w && w % 8 == 0);
         let mut j = 0;
         // SAFETY (all calls): the assert above bounds every row and column used.
-        while j + 4 <= n {
+        while j < n {
+            let r = step(n - j);
             let mut c = 0;
             while c + 16 <= w {
-                unsafe { score_kernel::<4, 2>(k, j, d, qt, w, c, s) };
+                match r {
+                    6 => unsafe { score_kernel::<6, 2>(k, j, d, qt, w, c, s) },
+                    4 => unsafe { score_kernel::<4, 2>(k, j, d, qt, w, c, s) },
+                    _ => unsafe { score_kernel::<1, 2>(k, j, d, qt, w, c, s) },
+                }
                 c += 16;
             }
             if c < w {
-                unsafe { score_kernel::<4, 1>(k, j, d, qt, w, c, s) };
+                match r {
+                    6 => unsafe { score_kernel::<6, 1>(k, j, d, qt, w, c, s) },
+                    4 => unsafe { score_kernel::<4, 1>(k, j, d, qt, w, c, s) },
+                    _ => unsafe { score_kernel::<1, 1>(k, j, d, qt, w, c, s) },
+                }
             }
-            j += 4;
+            j += r;
         }
-        while j < n {
-            let mut c = 0;
-            while c + 32 <= w {
-                unsafe { score_kernel::<1, 4>(k, j, d, qt, w, c, s) };
-                c += 32;
-            }
-            while c < w {
-                unsafe { score_kernel::<1, 1>(k, j, d, qt, w, c, s) };
-                c += 8;
-            }
-            j += 1;
+    }
+
+    /// Rows per register tile: 6 (12 accumulators of 8 lanes, two operand vectors and a
+    /// broadcast fit the 16 AVX registers), then 4, then 1 for what is left.
+    fn step(left: usize) -> usize {
+        if left >= 6 {
+            6
+        } else if left >= 4 {
+            4
+        } else {
+            1
         }
     }
 
@@ -521,21 +607,21 @@ mod avx {
         // SAFETY (all calls): the assert above bounds every row and column used.
         let mut c = 0;
         while c < rows {
-            let r = if c + 4 <= rows { 4 } else { 1 };
+            let r = step(rows - c);
             let mut dd = 0;
             while dd + 16 <= d {
-                if r == 4 {
-                    unsafe { pv_kernel::<4, 2>(p, n, w, c, v, d, dd, o) };
-                } else {
-                    unsafe { pv_kernel::<1, 2>(p, n, w, c, v, d, dd, o) };
+                match r {
+                    6 => unsafe { pv_kernel::<6, 2>(p, n, w, c, v, d, dd, o) },
+                    4 => unsafe { pv_kernel::<4, 2>(p, n, w, c, v, d, dd, o) },
+                    _ => unsafe { pv_kernel::<1, 2>(p, n, w, c, v, d, dd, o) },
                 }
                 dd += 16;
             }
             if dd + 8 <= d {
-                if r == 4 {
-                    unsafe { pv_kernel::<4, 1>(p, n, w, c, v, d, dd, o) };
-                } else {
-                    unsafe { pv_kernel::<1, 1>(p, n, w, c, v, d, dd, o) };
+                match r {
+                    6 => unsafe { pv_kernel::<6, 1>(p, n, w, c, v, d, dd, o) },
+                    4 => unsafe { pv_kernel::<4, 1>(p, n, w, c, v, d, dd, o) },
+                    _ => unsafe { pv_kernel::<1, 1>(p, n, w, c, v, d, dd, o) },
                 }
                 dd += 8;
             }
@@ -583,24 +669,27 @@ mod avx {
         }
     }
 
-    /// One block: `nr` rows from row `r0` of group `grp` (batch row × key/value head) into `o`
-    /// (`nr × d`, zeros on entry).
+    /// One block: `nr` rows from row `r0` of group `grp` (batch row × key/value head) over the
+    /// keys `keys.0..keys.1` into `o` (`nr × d`, zeros on entry). With `normalize`, `o` is the
+    /// output; without, it is the unnormalised partial sum of a key split, and the returned
+    /// running max (base 2) and sum per row let the caller merge the splits.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     pub(super) fn block(
         g: &Geometry,
-        q: &[f32],
+        q: Kv<'_>,
         k: Kv<'_>,
         v: Kv<'_>,
         lengths: Option<&[u32]>,
-        grp: usize,
-        r0: usize,
-        nr: usize,
+        (grp, r0, nr): (usize, usize, usize),
+        keys: (usize, usize),
+        normalize: bool,
         o: &mut [f32],
-    ) {
+    ) -> (Vec<f32>, Vec<f32>) {
         let d = g.d;
+        let (mut m, mut l) = (vec![SENTINEL; nr], vec![0f32; nr]);
         if d == 0 || nr == 0 {
-            return;
+            return (m, l);
         }
         let (b, kvh) = (grp / g.hkv, grp % g.hkv);
         let ratio = g.hq / g.hkv;
@@ -613,27 +702,31 @@ mod avx {
         let nmax = nvis[..nr].iter().copied().max().unwrap_or(0);
         let nmin = nvis[..nr].iter().copied().min().unwrap_or(0);
         nvis[nr..].fill(nmax);
-        if nmax == 0 {
-            return;
+        let end = nmax.min(keys.1);
+        if keys.0 >= end {
+            return (m, l);
         }
         // The query block transposed (d × w), scaled so scores are in base-2 exponent units.
         let sl = (g.scale * std::f64::consts::LOG2_E) as f32;
         let qbase = (b * g.hq + kvh * ratio) * g.sq * d;
         let mut qt = vec![0f32; d * w];
+        let mut qbuf = Vec::new();
         for c in 0..nr {
-            let row = &q[qbase + (r0 + c) * d..qbase + (r0 + c + 1) * d];
+            let row = span(q, qbase + (r0 + c) * d, d, &mut qbuf);
             for (dd, &x) in row.iter().enumerate() {
                 qt[dd * w + c] = x * sl;
             }
         }
         let kbase = (b * g.hkv + kvh) * g.skv * d;
         let mut s = vec![0f32; KT * w];
-        let (mut m, mut l, mut alpha) = (vec![SENTINEL; w], vec![0f32; w], vec![0f32; w]);
+        m.resize(w, SENTINEL);
+        l.resize(w, 0.0);
+        let mut alpha = vec![0f32; w];
         let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
-        let mut j0 = 0;
-        while j0 < nmax {
-            let n = KT.min(nmax - j0);
-            let kt = k.span(kbase + j0 * d, n * d, &mut kbuf);
+        let mut j0 = keys.0;
+        while j0 < end {
+            let n = KT.min(end - j0);
+            let kt = span(k, kbase + j0 * d, n * d, &mut kbuf);
             scores(kt, n, d, &qt, w, &mut s);
             if j0 + n > nmin {
                 // The causal diagonal or a padding limit cuts this tile.
@@ -651,19 +744,51 @@ mod avx {
                     }
                 }
             }
-            let vt = v.span(kbase + j0 * d, n * d, &mut vbuf);
+            let vt = span(v, kbase + j0 * d, n * d, &mut vbuf);
             pv(&s, n, w, nr, vt, d, o);
             j0 += n;
         }
-        for ((row, &n), &sum) in o.chunks_exact_mut(d).zip(&nvis).zip(&l) {
-            if n == 0 || sum <= 0.0 {
-                row.fill(0.0);
-            } else {
-                let inv = 1.0 / sum;
-                for x in row {
-                    *x *= inv;
+        m.truncate(nr);
+        l.truncate(nr);
+        if normalize {
+            for ((row, &n), &sum) in o.chunks_exact_mut(d).zip(&nvis).zip(&l) {
+                if n == 0 || sum <= 0.0 {
+                    row.fill(0.0);
+                } else {
+                    let inv = 1.0 / sum;
+                    for x in row {
+                        *x *= inv;
+                    }
                 }
             }
+        }
+        (m, l)
+    }
+
+    /// Elements `[start, start + len)` of K or V as f32: f32 borrowed, bf16 widened here (a
+    /// 16-bit shift, 8 lanes), f16 by `half` (F16C).
+    #[target_feature(enable = "avx2,fma")]
+    fn span<'b>(x: Kv<'b>, start: usize, len: usize, buf: &'b mut Vec<f32>) -> &'b [f32] {
+        match x {
+            Kv::BF16(src) => {
+                let src = &src[start..start + len];
+                buf.resize(len, 0.0);
+                let mut i = 0;
+                // SAFETY: `src` and `buf` hold `len` elements; each step reads and writes 8.
+                unsafe {
+                    while i + 8 <= len {
+                        let h = _mm_loadu_si128(src.as_ptr().add(i).cast::<__m128i>());
+                        let w = _mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h));
+                        _mm256_storeu_ps(buf.as_mut_ptr().add(i), _mm256_castsi256_ps(w));
+                        i += 8;
+                    }
+                }
+                for (o, h) in buf[i..len].iter_mut().zip(&src[i..]) {
+                    *o = h.to_f32();
+                }
+                &buf[..len]
+            }
+            other => other.span(start, len, buf),
         }
     }
 }

@@ -58,14 +58,14 @@ fn widen<'a>(s: StorageRef<'a>, buf: &'a mut Vec<f32>) -> &'a [f32] {
     }
 }
 
-/// Attention keys or values as stored (f32 borrowed; 16-bit widened per tile by the kernel).
+/// An attention operand as stored (f32 borrowed; 16-bit widened per block or tile by the kernel).
 fn kv_operand(s: StorageRef<'_>) -> Result<Kv<'_>> {
     match s {
         StorageRef::F32(x) => Ok(Kv::F32(x)),
         StorageRef::F16(x) => Ok(Kv::F16(x)),
         StorageRef::BF16(x) => Ok(Kv::BF16(x)),
         other => Err(Error::InvalidGraph(format!(
-            "attention: {} keys or values",
+            "attention: {} operands",
             other.dtype()
         ))),
     }
@@ -113,10 +113,22 @@ pub(crate) fn eval(
                 }
                 (false, _) => None,
             };
-            // Q is widened once (it is read once per block); K and V stay as stored and are
-            // widened one tile at a time by the kernel.
+            // Q, K and V stay as stored: the kernel widens Q one block and K and V one tile at a
+            // time.
+            let q = kv_operand(ins[0].0)?;
             let (k, v) = (kv_operand(ins[1].0)?, kv_operand(ins[2].0)?);
-            super::attention::fast(&g, &as_f32(ins[0].0), k, v, lengths)
+            // An f32 result is the user's output; a 16-bit one is narrowed from a scratch buffer.
+            if node.dtype == DType::F32 {
+                let mut y = Vec::new();
+                super::attention::fast(&g, q, k, v, lengths, &mut y);
+                y
+            } else {
+                let mut y = scratch_take();
+                super::attention::fast(&g, q, k, v, lengths, &mut y);
+                let stored = narrow(&y, node.dtype, node.rounding, seed, counter);
+                scratch_give(y);
+                return Ok(stored);
+            }
         }
         Op::Unary(u) => {
             let x = as_f32(ins[0].0);
