@@ -213,6 +213,21 @@ fn bench_decode(c: &mut Criterion) {
             .expect("run")
         })
     });
+    // The same step on one cache over and over (cache-resident: compute and overheads only).
+    group.bench_function(
+        BenchmarkId::new("polytensor_fused", "f32_one_cache"),
+        |bch| {
+            let (k, v) = &caches[0];
+            bch.iter(|| {
+                s.run(
+                    &p,
+                    &[("q", q.view()), ("k", k.view()), ("v", v.view())],
+                    &[],
+                )
+                .expect("run")
+            })
+        },
+    );
     // A plain copy of the same K and V bytes (over the threads) into one destination.
     let mut dst = vec![0f32; 2 * kv];
     let mut j = 0;
@@ -304,6 +319,12 @@ fn summary() {
         ours / 1e3,
         gbs(ours),
         copy / ours
+    );
+    let hot = median_ns(dg, "polytensor_fused/f32_one_cache").unwrap_or(f64::NAN);
+    println!(
+        "| polytensor fused f32, one cache reused (cache-resident) | {:.1} | {:.1} | — |",
+        hot / 1e3,
+        gbs(hot)
     );
 }
 

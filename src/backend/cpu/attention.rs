@@ -275,11 +275,15 @@ fn tiled(g: &Geometry, q: Kv<'_>, k: Kv<'_>, v: Kv<'_>, lengths: Option<&[u32]>,
     // Few blocks and many keys (decode): split each block's keys too, so every thread has work,
     // and merge the splits' partial softmax states.
     let threads = rayon::current_num_threads().max(1);
+    // At least 4 tasks per thread, a multiple of the thread count (equal shares), each split
+    // at least 2 tiles long.
     let splits = if tasks.len() < 2 * threads && g.keys >= 4 * KT {
-        (4 * threads)
-            .div_ceil(tasks.len().max(1))
-            .min(g.keys / (2 * KT))
-            .max(1)
+        let most = g.keys / (2 * KT);
+        let mut sp = (4 * threads).div_ceil(tasks.len().max(1));
+        while (sp * tasks.len()) % threads != 0 && sp < most {
+            sp += 1;
+        }
+        sp.min(most).max(1)
     } else {
         1
     };
@@ -607,12 +611,33 @@ mod avx {
         // SAFETY (all calls): the assert above bounds every row and column used.
         let mut c = 0;
         while c < rows {
-            let r = step(rows - c);
+            // Few rows (decode, GQA groups): 3 rows at most, and 24 or 32 columns per tile so
+            // that enough independent accumulators hide the FMA latency.
+            let r = match rows - c {
+                1..=3 => rows - c,
+                left => step(left),
+            };
             let mut dd = 0;
+            if r == 3 {
+                while dd + 24 <= d {
+                    unsafe { pv_kernel::<3, 3>(p, n, w, c, v, d, dd, o) };
+                    dd += 24;
+                }
+            } else if r <= 2 {
+                while dd + 32 <= d {
+                    match r {
+                        2 => unsafe { pv_kernel::<2, 4>(p, n, w, c, v, d, dd, o) },
+                        _ => unsafe { pv_kernel::<1, 4>(p, n, w, c, v, d, dd, o) },
+                    }
+                    dd += 32;
+                }
+            }
             while dd + 16 <= d {
                 match r {
                     6 => unsafe { pv_kernel::<6, 2>(p, n, w, c, v, d, dd, o) },
                     4 => unsafe { pv_kernel::<4, 2>(p, n, w, c, v, d, dd, o) },
+                    3 => unsafe { pv_kernel::<3, 2>(p, n, w, c, v, d, dd, o) },
+                    2 => unsafe { pv_kernel::<2, 2>(p, n, w, c, v, d, dd, o) },
                     _ => unsafe { pv_kernel::<1, 2>(p, n, w, c, v, d, dd, o) },
                 }
                 dd += 16;
@@ -621,6 +646,8 @@ mod avx {
                 match r {
                     6 => unsafe { pv_kernel::<6, 1>(p, n, w, c, v, d, dd, o) },
                     4 => unsafe { pv_kernel::<4, 1>(p, n, w, c, v, d, dd, o) },
+                    3 => unsafe { pv_kernel::<3, 1>(p, n, w, c, v, d, dd, o) },
+                    2 => unsafe { pv_kernel::<2, 1>(p, n, w, c, v, d, dd, o) },
                     _ => unsafe { pv_kernel::<1, 1>(p, n, w, c, v, d, dd, o) },
                 }
                 dd += 8;
