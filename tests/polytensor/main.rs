@@ -1,5 +1,6 @@
 //! The integration suite: one binary (settled decision 8), one module per area.
 
+mod attention;
 mod attention_gpu;
 mod common;
 mod conversions;

@@ -1,7 +1,18 @@
 //! Fused attention on the CPU: the geometry shared by the reference and the fast path (which keys
-//! a query row sees), the f64 reference, and the fast path (one pass over the keys per query row
-//! with an online softmax: the scores are never stored), multi-threaded over rows.
+//! a query row sees), the f64 reference, and the fast path.
+//!
+//! The fast path is flash-style: a block of up to [`QB`] query rows (of one batch row and one
+//! key/value head, so GQA heads that share K and V read each tile once) walks the visible keys in
+//! tiles of [`KT`]; per tile it computes the scores transposed (keys × query rows, the query block
+//! transposed once and pre-scaled by `scale·log2 e`), masks the tile only where the causal or
+//! padding limit cuts it, skips tiles no row of the block sees, updates each row's running max and
+//! sum (an online softmax in base 2 with a finite sentinel, vectorised across rows), and adds
+//! `P·V` into the output rows. The two products are AVX2/FMA register-tiled kernels; 16-bit K and
+//! V are widened one tile at a time. Blocks run in parallel (rayon). Without AVX2 and FMA, a
+//! portable row-by-row online softmax does the same.
 
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -141,19 +152,216 @@ pub(crate) fn reference(
     out
 }
 
-/// The fast path: each query row walks its visible keys once with an online softmax (running
-/// max and sum, the accumulator rescaled when the max grows), in f32, rows in parallel.
+/// Q, K or V as stored: f32 is read in place, f16/bf16 widened one block or tile at a time.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Kv<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+    BF16(&'a [bf16]),
+}
+
+impl<'a> Kv<'a> {
+    /// Elements `[start, start + len)` as f32: borrowed, or widened into `buf`.
+    fn span<'b>(self, start: usize, len: usize, buf: &'b mut Vec<f32>) -> &'b [f32]
+    where
+        'a: 'b,
+    {
+        let widen = |buf: &'b mut Vec<f32>| -> &'b mut [f32] {
+            buf.resize(len, 0.0);
+            &mut buf[..len]
+        };
+        match self {
+            Kv::F32(x) => &x[start..start + len],
+            Kv::F16(x) => {
+                let b = widen(buf);
+                x[start..start + len].convert_to_f32_slice(b);
+                b
+            }
+            Kv::BF16(x) => {
+                let b = widen(buf);
+                x[start..start + len].convert_to_f32_slice(b);
+                b
+            }
+        }
+    }
+
+    /// The whole operand as f32 (the portable path).
+    fn to_f32(self) -> std::borrow::Cow<'a, [f32]> {
+        match self {
+            Kv::F32(x) => std::borrow::Cow::Borrowed(x),
+            Kv::F16(x) => std::borrow::Cow::Owned(crate::dtype::widen_f16(x)),
+            Kv::BF16(x) => std::borrow::Cow::Owned(crate::dtype::widen_bf16(x)),
+        }
+    }
+}
+
+/// Query rows per block (the columns of a score tile).
+pub(crate) const QB: usize = 64;
+/// Keys per tile.
+pub(crate) const KT: usize = 64;
+/// The finite "minus infinity" of masked scores and of a running max before any key
+/// (settled decision 1: kernels never materialise Inf).
+const SENTINEL: f32 = -1.0e30;
+
+/// The fast path: `out` [B, Hq, Sq, D] in f32 (its capacity reused); q, k and v as stored.
 pub(crate) fn fast(
+    g: &Geometry,
+    q: Kv<'_>,
+    k: Kv<'_>,
+    v: Kv<'_>,
+    lengths: Option<&[u32]>,
+    out: &mut Vec<f32>,
+) {
+    out.clear();
+    out.resize(g.b * g.hq * g.sq * g.d, 0.0);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        tiled(g, q, k, v, lengths, out);
+        return;
+    }
+    portable(g, &q.to_f32(), &k.to_f32(), &v.to_f32(), lengths, out);
+}
+
+/// The blocks of one (batch row, key/value head) group, as (first row, rows). The group's rows
+/// are its `ratio` query heads' rows, head-major, which is also their order in the output, so a
+/// block's output is one contiguous slice. A head with many queries is cut into near-equal blocks
+/// of at most [`QB`] rows; short heads (decode) are packed several to a block, so the heads that
+/// share K and V read each tile once.
+fn blocks(sq: usize, ratio: usize) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    if sq == 0 || ratio == 0 {
+        return out;
+    }
+    if sq >= QB / 2 {
+        let nb = sq.div_ceil(QB);
+        for h in 0..ratio {
+            let mut i = 0;
+            for blk in 0..nb {
+                let end = sq * (blk + 1) / nb;
+                out.push((h * sq + i, end - i));
+                i = end;
+            }
+        }
+    } else {
+        let per = (QB / sq).max(1);
+        let mut h = 0;
+        while h < ratio {
+            let n = per.min(ratio - h);
+            out.push((h * sq, n * sq));
+            h += n;
+        }
+    }
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+fn tiled(g: &Geometry, q: Kv<'_>, k: Kv<'_>, v: Kv<'_>, lengths: Option<&[u32]>, out: &mut [f32]) {
+    let d = g.d;
+    let ratio = g.hq / g.hkv.max(1);
+    let rows = ratio * g.sq;
+    if out.is_empty() {
+        return;
+    }
+    let blocks = blocks(g.sq, ratio);
+    let mut tasks: Vec<(usize, usize, usize, &mut [f32])> = Vec::new();
+    for (grp, chunk) in out.chunks_mut(rows * d).enumerate() {
+        let mut rest = chunk;
+        for &(r0, nr) in &blocks {
+            let (o, tail) = std::mem::take(&mut rest).split_at_mut(nr * d);
+            tasks.push((grp, r0, nr, o));
+            rest = tail;
+        }
+    }
+    // Few blocks and many keys (decode): split each block's keys too, so every thread has work,
+    // and merge the splits' partial softmax states.
+    let threads = rayon::current_num_threads().max(1);
+    // At least 4 tasks per thread, a multiple of the thread count (equal shares), each split
+    // at least 2 tiles long.
+    let splits = if tasks.len() < 2 * threads && g.keys >= 4 * KT {
+        let most = g.keys / (2 * KT);
+        let mut sp = (4 * threads).div_ceil(tasks.len().max(1));
+        while (sp * tasks.len()) % threads != 0 && sp < most {
+            sp += 1;
+        }
+        sp.min(most).max(1)
+    } else {
+        1
+    };
+    let chunk = g.keys.div_ceil(splits).next_multiple_of(KT);
+    tasks.into_par_iter().for_each(|(grp, r0, nr, o)| {
+        if splits == 1 {
+            // SAFETY: `fast` checked that the CPU has AVX2 and FMA.
+            unsafe { avx::block(g, q, k, v, lengths, (grp, r0, nr), (0, g.keys), true, o) };
+            return;
+        }
+        let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..splits)
+            .into_par_iter()
+            .map(|sp| {
+                let mut po = vec![0f32; nr * d];
+                let keys = (sp * chunk, ((sp + 1) * chunk).min(g.keys));
+                // SAFETY: as above.
+                let (m, l) =
+                    unsafe { avx::block(g, q, k, v, lengths, (grp, r0, nr), keys, false, &mut po) };
+                (po, m, l)
+            })
+            .collect();
+        merge(g, lengths, grp / g.hkv, r0, &parts, o);
+    });
+}
+
+/// Merges the partial results of a block's key splits into its output rows: with the overall
+/// max M of a row, o = Σ 2^(m_s − M)·o_s / Σ 2^(m_s − M)·l_s (a split that saw none of the
+/// row's keys has the sentinel max and weighs 0); a row with no visible key gives zeros.
+#[cfg(target_arch = "x86_64")]
+fn merge(
+    g: &Geometry,
+    lengths: Option<&[u32]>,
+    b: usize,
+    r0: usize,
+    parts: &[(Vec<f32>, Vec<f32>, Vec<f32>)],
+    o: &mut [f32],
+) {
+    let d = g.d;
+    for (c, row) in o.chunks_exact_mut(d).enumerate() {
+        if g.visible(b, (r0 + c) % g.sq, lengths) == 0 {
+            row.fill(0.0);
+            continue;
+        }
+        let mx = parts.iter().map(|p| p.1[c]).fold(SENTINEL, f32::max);
+        let mut sum = 0f32;
+        row.fill(0.0);
+        for (po, m, l) in parts {
+            let wgt = (m[c] - mx).exp2();
+            if wgt == 0.0 {
+                continue;
+            }
+            sum += wgt * l[c];
+            for (x, &y) in row.iter_mut().zip(&po[c * d..(c + 1) * d]) {
+                *x += wgt * y;
+            }
+        }
+        if sum > 0.0 {
+            let inv = 1.0 / sum;
+            for x in row.iter_mut() {
+                *x *= inv;
+            }
+        }
+    }
+}
+
+/// The portable path: each query row walks its visible keys once with an online softmax
+/// (running max and sum, the accumulator rescaled when the max grows), in f32, rows in parallel.
+fn portable(
     g: &Geometry,
     q: &[f32],
     k: &[f32],
     v: &[f32],
     lengths: Option<&[u32]>,
-) -> Vec<f32> {
+    out: &mut [f32],
+) {
     let d = g.d;
-    let mut out = vec![0f32; g.b * g.hq * g.sq * d];
     if d == 0 {
-        return out;
+        return;
     }
     let scale = g.scale as f32;
     out.par_chunks_mut(d).enumerate().for_each(|(r, o)| {
@@ -188,5 +396,426 @@ pub(crate) fn fast(
             }
         }
     });
-    out
+}
+
+/// 2^x for each element of `x` in place, vectorised where the CPU allows (relative error a few
+/// f32 ulps; 0 below 2^-126). Exposed for the accuracy test.
+pub fn exp2_slice(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the features were just checked.
+        unsafe { avx::exp2_slice(x) };
+        return;
+    }
+    for v in x.iter_mut() {
+        *v = if *v < -126.0 { 0.0 } else { v.exp2() };
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    //! The AVX2 + FMA kernels. Every function here needs both features (checked by callers).
+
+    use std::arch::x86_64::*;
+
+    use super::{Geometry, KT, Kv, SENTINEL};
+
+    /// Taylor coefficients of 2^f = e^(f ln 2) on |f| ≤ 1/2, degree 7: truncation ≤ 5.2e-9
+    /// relative, below half an f32 ulp.
+    const C: [f32; 8] = [
+        1.0,
+        0.693_147_2,
+        0.240_226_5,
+        0.055_504_11,
+        0.009_618_129,
+        0.001_333_355_8,
+        0.000_154_035_3,
+        0.000_015_252_734,
+    ];
+
+    /// 2^x, 8 lanes: x = n + f with n = round(x), f ∈ [−½, ½]; 2^n from the exponent bits.
+    /// Inputs below −126 give exactly 0 (masked scores), above 127 are clamped.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn exp2(x: __m256) -> __m256 {
+        let lo = _mm256_set1_ps(-126.0);
+        let keep = _mm256_cmp_ps::<_CMP_GE_OQ>(x, lo);
+        let x = _mm256_min_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(127.0));
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x);
+        let f = _mm256_sub_ps(x, n);
+        let mut p = _mm256_set1_ps(C[7]);
+        for c in C[..7].iter().rev() {
+            p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(*c));
+        }
+        let e = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(n),
+            _mm256_set1_epi32(127),
+        ));
+        _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), keep)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn exp2_slice(x: &mut [f32]) {
+        let mut chunks = x.chunks_exact_mut(8);
+        for c in &mut chunks {
+            // SAFETY: `c` has 8 elements.
+            unsafe {
+                let v = _mm256_loadu_ps(c.as_ptr());
+                _mm256_storeu_ps(c.as_mut_ptr(), exp2(v));
+            }
+        }
+        let rest = chunks.into_remainder();
+        let mut buf = [0f32; 8];
+        buf[..rest.len()].copy_from_slice(rest);
+        // SAFETY: `buf` has 8 elements.
+        unsafe {
+            let v = exp2(_mm256_loadu_ps(buf.as_ptr()));
+            _mm256_storeu_ps(buf.as_mut_ptr(), v);
+        }
+        let n = rest.len();
+        rest.copy_from_slice(&buf[..n]);
+    }
+
+    /// Scores of `R` keys against `8·NV` query columns starting at `c`:
+    /// `s[(j + t)·w + c ..] = Σ_d k[(j + t)·d + dd] · qt[dd·w + c ..]`.
+    ///
+    /// SAFETY: `k` holds rows `j..j + R` of `d`, `qt` is `d × w`, `s` has rows `j..j + R` of `w`,
+    /// and `c + 8·NV ≤ w`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn score_kernel<const R: usize, const NV: usize>(
+        k: &[f32],
+        j: usize,
+        d: usize,
+        qt: &[f32],
+        w: usize,
+        c: usize,
+        s: &mut [f32],
+    ) {
+        debug_assert!(k.len() >= (j + R) * d && qt.len() >= d * w && s.len() >= (j + R) * w);
+        debug_assert!(c + 8 * NV <= w);
+        let mut acc = [[_mm256_setzero_ps(); NV]; R];
+        let kp = unsafe { k.as_ptr().add(j * d) };
+        let qp = unsafe { qt.as_ptr().add(c) };
+        for dd in 0..d {
+            let mut qv = [_mm256_setzero_ps(); NV];
+            for (u, x) in qv.iter_mut().enumerate() {
+                *x = unsafe { _mm256_loadu_ps(qp.add(dd * w + 8 * u)) };
+            }
+            for (t, a) in acc.iter_mut().enumerate() {
+                let kb = _mm256_set1_ps(unsafe { *kp.add(t * d + dd) });
+                for u in 0..NV {
+                    a[u] = _mm256_fmadd_ps(kb, qv[u], a[u]);
+                }
+            }
+        }
+        let sp = s.as_mut_ptr();
+        for (t, a) in acc.iter().enumerate() {
+            for (u, x) in a.iter().enumerate() {
+                unsafe { _mm256_storeu_ps(sp.add((j + t) * w + c + 8 * u), *x) };
+            }
+        }
+    }
+
+    /// `s[j·w + c] = scores` for keys `0..n` of the tile and every column.
+    #[target_feature(enable = "avx2,fma")]
+    fn scores(k: &[f32], n: usize, d: usize, qt: &[f32], w: usize, s: &mut [f32]) {
+        assert!(k.len() >= n * d && qt.len() >= d * w && s.len() >= n * w && w % 8 == 0);
+        let mut j = 0;
+        // SAFETY (all calls): the assert above bounds every row and column used.
+        while j < n {
+            let r = step(n - j);
+            let mut c = 0;
+            while c + 16 <= w {
+                match r {
+                    6 => unsafe { score_kernel::<6, 2>(k, j, d, qt, w, c, s) },
+                    4 => unsafe { score_kernel::<4, 2>(k, j, d, qt, w, c, s) },
+                    _ => unsafe { score_kernel::<1, 2>(k, j, d, qt, w, c, s) },
+                }
+                c += 16;
+            }
+            if c < w {
+                match r {
+                    6 => unsafe { score_kernel::<6, 1>(k, j, d, qt, w, c, s) },
+                    4 => unsafe { score_kernel::<4, 1>(k, j, d, qt, w, c, s) },
+                    _ => unsafe { score_kernel::<1, 1>(k, j, d, qt, w, c, s) },
+                }
+            }
+            j += r;
+        }
+    }
+
+    /// Rows per register tile: 6 (12 accumulators of 8 lanes, two operand vectors and a
+    /// broadcast fit the 16 AVX registers), then 4, then 1 for what is left.
+    fn step(left: usize) -> usize {
+        if left >= 6 {
+            6
+        } else if left >= 4 {
+            4
+        } else {
+            1
+        }
+    }
+
+    /// `o[(c + t)·d + dd ..] += Σ_j p[j·w + c + t] · v[j·d + dd ..]` for `R` rows from `c` and
+    /// `8·NV` columns from `dd`.
+    ///
+    /// SAFETY: `p` is `n × w` with `c + R ≤ w`, `v` is `n × d`, `o` holds rows `c..c + R` of
+    /// `d`, and `dd + 8·NV ≤ d`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn pv_kernel<const R: usize, const NV: usize>(
+        p: &[f32],
+        n: usize,
+        w: usize,
+        c: usize,
+        v: &[f32],
+        d: usize,
+        dd: usize,
+        o: &mut [f32],
+    ) {
+        debug_assert!(p.len() >= n * w && c + R <= w && v.len() >= n * d);
+        debug_assert!(o.len() >= (c + R) * d && dd + 8 * NV <= d);
+        let op = o.as_mut_ptr();
+        let mut acc = [[_mm256_setzero_ps(); NV]; R];
+        for (t, a) in acc.iter_mut().enumerate() {
+            for (u, x) in a.iter_mut().enumerate() {
+                *x = unsafe { _mm256_loadu_ps(op.add((c + t) * d + dd + 8 * u)) };
+            }
+        }
+        let (pp, vp) = (p.as_ptr(), v.as_ptr());
+        for j in 0..n {
+            let mut vv = [_mm256_setzero_ps(); NV];
+            for (u, x) in vv.iter_mut().enumerate() {
+                *x = unsafe { _mm256_loadu_ps(vp.add(j * d + dd + 8 * u)) };
+            }
+            for (t, a) in acc.iter_mut().enumerate() {
+                let pb = _mm256_set1_ps(unsafe { *pp.add(j * w + c + t) });
+                for u in 0..NV {
+                    a[u] = _mm256_fmadd_ps(pb, vv[u], a[u]);
+                }
+            }
+        }
+        for (t, a) in acc.iter().enumerate() {
+            for (u, x) in a.iter().enumerate() {
+                unsafe { _mm256_storeu_ps(op.add((c + t) * d + dd + 8 * u), *x) };
+            }
+        }
+    }
+
+    /// `o[c·d ..] += Σ_j p[j·w + c] · v[j·d ..]` for rows `c < rows`, keys `j < n`.
+    #[target_feature(enable = "avx2,fma")]
+    fn pv(p: &[f32], n: usize, w: usize, rows: usize, v: &[f32], d: usize, o: &mut [f32]) {
+        assert!(p.len() >= n * w && rows <= w && v.len() >= n * d && o.len() >= rows * d);
+        // SAFETY (all calls): the assert above bounds every row and column used.
+        let mut c = 0;
+        while c < rows {
+            // Few rows (decode, GQA groups): 3 rows at most, and 24 or 32 columns per tile so
+            // that enough independent accumulators hide the FMA latency.
+            let r = match rows - c {
+                1..=3 => rows - c,
+                left => step(left),
+            };
+            let mut dd = 0;
+            if r == 3 {
+                while dd + 24 <= d {
+                    unsafe { pv_kernel::<3, 3>(p, n, w, c, v, d, dd, o) };
+                    dd += 24;
+                }
+            } else if r <= 2 {
+                while dd + 32 <= d {
+                    match r {
+                        2 => unsafe { pv_kernel::<2, 4>(p, n, w, c, v, d, dd, o) },
+                        _ => unsafe { pv_kernel::<1, 4>(p, n, w, c, v, d, dd, o) },
+                    }
+                    dd += 32;
+                }
+            }
+            while dd + 16 <= d {
+                match r {
+                    6 => unsafe { pv_kernel::<6, 2>(p, n, w, c, v, d, dd, o) },
+                    4 => unsafe { pv_kernel::<4, 2>(p, n, w, c, v, d, dd, o) },
+                    3 => unsafe { pv_kernel::<3, 2>(p, n, w, c, v, d, dd, o) },
+                    2 => unsafe { pv_kernel::<2, 2>(p, n, w, c, v, d, dd, o) },
+                    _ => unsafe { pv_kernel::<1, 2>(p, n, w, c, v, d, dd, o) },
+                }
+                dd += 16;
+            }
+            if dd + 8 <= d {
+                match r {
+                    6 => unsafe { pv_kernel::<6, 1>(p, n, w, c, v, d, dd, o) },
+                    4 => unsafe { pv_kernel::<4, 1>(p, n, w, c, v, d, dd, o) },
+                    3 => unsafe { pv_kernel::<3, 1>(p, n, w, c, v, d, dd, o) },
+                    2 => unsafe { pv_kernel::<2, 1>(p, n, w, c, v, d, dd, o) },
+                    _ => unsafe { pv_kernel::<1, 1>(p, n, w, c, v, d, dd, o) },
+                }
+                dd += 8;
+            }
+            for t in c..c + r {
+                for x in dd..d {
+                    let mut a = o[t * d + x];
+                    for j in 0..n {
+                        a += p[j * w + t] * v[j * d + x];
+                    }
+                    o[t * d + x] = a;
+                }
+            }
+            c += r;
+        }
+    }
+
+    /// The online-softmax step of one tile, 8 columns at a time: the new running max per column,
+    /// `p = 2^(s − max)` in place, the running sum, and each column's rescale factor in `alpha`.
+    #[target_feature(enable = "avx2,fma")]
+    fn softmax(s: &mut [f32], n: usize, w: usize, m: &mut [f32], l: &mut [f32], alpha: &mut [f32]) {
+        assert!(s.len() >= n * w && m.len() >= w && l.len() >= w && alpha.len() >= w);
+        assert!(w % 8 == 0);
+        let sp = s.as_mut_ptr();
+        // SAFETY: the asserts bound every access (columns c..c + 8 ≤ w, rows < n).
+        unsafe {
+            for c in (0..w).step_by(8) {
+                let old = _mm256_loadu_ps(m.as_ptr().add(c));
+                let mut mx = old;
+                for j in 0..n {
+                    mx = _mm256_max_ps(mx, _mm256_loadu_ps(sp.add(j * w + c)));
+                }
+                let mut sum = _mm256_setzero_ps();
+                for j in 0..n {
+                    let x = _mm256_sub_ps(_mm256_loadu_ps(sp.add(j * w + c)), mx);
+                    let e = exp2(x);
+                    _mm256_storeu_ps(sp.add(j * w + c), e);
+                    sum = _mm256_add_ps(sum, e);
+                }
+                let a = exp2(_mm256_sub_ps(old, mx));
+                let lv = _mm256_fmadd_ps(_mm256_loadu_ps(l.as_ptr().add(c)), a, sum);
+                _mm256_storeu_ps(l.as_mut_ptr().add(c), lv);
+                _mm256_storeu_ps(m.as_mut_ptr().add(c), mx);
+                _mm256_storeu_ps(alpha.as_mut_ptr().add(c), a);
+            }
+        }
+    }
+
+    /// One block: `nr` rows from row `r0` of group `grp` (batch row × key/value head) over the
+    /// keys `keys.0..keys.1` into `o` (`nr × d`, zeros on entry). With `normalize`, `o` is the
+    /// output; without, it is the unnormalised partial sum of a key split, and the returned
+    /// running max (base 2) and sum per row let the caller merge the splits.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn block(
+        g: &Geometry,
+        q: Kv<'_>,
+        k: Kv<'_>,
+        v: Kv<'_>,
+        lengths: Option<&[u32]>,
+        (grp, r0, nr): (usize, usize, usize),
+        keys: (usize, usize),
+        normalize: bool,
+        o: &mut [f32],
+    ) -> (Vec<f32>, Vec<f32>) {
+        let d = g.d;
+        let (mut m, mut l) = (vec![SENTINEL; nr], vec![0f32; nr]);
+        if d == 0 || nr == 0 {
+            return (m, l);
+        }
+        let (b, kvh) = (grp / g.hkv, grp % g.hkv);
+        let ratio = g.hq / g.hkv;
+        let w = nr.next_multiple_of(8);
+        // Visible keys per column (padding columns copy the block's widest row).
+        let mut nvis = vec![0usize; w];
+        for (c, n) in nvis.iter_mut().enumerate().take(nr) {
+            *n = g.visible(b, (r0 + c) % g.sq, lengths);
+        }
+        let nmax = nvis[..nr].iter().copied().max().unwrap_or(0);
+        let nmin = nvis[..nr].iter().copied().min().unwrap_or(0);
+        nvis[nr..].fill(nmax);
+        let end = nmax.min(keys.1);
+        if keys.0 >= end {
+            return (m, l);
+        }
+        // The query block transposed (d × w), scaled so scores are in base-2 exponent units.
+        let sl = (g.scale * std::f64::consts::LOG2_E) as f32;
+        let qbase = (b * g.hq + kvh * ratio) * g.sq * d;
+        let mut qt = vec![0f32; d * w];
+        let mut qbuf = Vec::new();
+        for c in 0..nr {
+            let row = span(q, qbase + (r0 + c) * d, d, &mut qbuf);
+            for (dd, &x) in row.iter().enumerate() {
+                qt[dd * w + c] = x * sl;
+            }
+        }
+        let kbase = (b * g.hkv + kvh) * g.skv * d;
+        let mut s = vec![0f32; KT * w];
+        m.resize(w, SENTINEL);
+        l.resize(w, 0.0);
+        let mut alpha = vec![0f32; w];
+        let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
+        let mut j0 = keys.0;
+        while j0 < end {
+            let n = KT.min(end - j0);
+            let kt = span(k, kbase + j0 * d, n * d, &mut kbuf);
+            scores(kt, n, d, &qt, w, &mut s);
+            if j0 + n > nmin {
+                // The causal diagonal or a padding limit cuts this tile.
+                for (c, &lim) in nvis.iter().enumerate() {
+                    for j in lim.saturating_sub(j0).min(n)..n {
+                        s[j * w + c] = SENTINEL;
+                    }
+                }
+            }
+            softmax(&mut s, n, w, &mut m, &mut l, &mut alpha);
+            for (row, &a) in o.chunks_exact_mut(d).zip(&alpha) {
+                if a != 1.0 {
+                    for x in row {
+                        *x *= a;
+                    }
+                }
+            }
+            let vt = span(v, kbase + j0 * d, n * d, &mut vbuf);
+            pv(&s, n, w, nr, vt, d, o);
+            j0 += n;
+        }
+        m.truncate(nr);
+        l.truncate(nr);
+        if normalize {
+            for ((row, &n), &sum) in o.chunks_exact_mut(d).zip(&nvis).zip(&l) {
+                if n == 0 || sum <= 0.0 {
+                    row.fill(0.0);
+                } else {
+                    let inv = 1.0 / sum;
+                    for x in row {
+                        *x *= inv;
+                    }
+                }
+            }
+        }
+        (m, l)
+    }
+
+    /// Elements `[start, start + len)` of K or V as f32: f32 borrowed, bf16 widened here (a
+    /// 16-bit shift, 8 lanes), f16 by `half` (F16C).
+    #[target_feature(enable = "avx2,fma")]
+    fn span<'b>(x: Kv<'b>, start: usize, len: usize, buf: &'b mut Vec<f32>) -> &'b [f32] {
+        match x {
+            Kv::BF16(src) => {
+                let src = &src[start..start + len];
+                buf.resize(len, 0.0);
+                let mut i = 0;
+                // SAFETY: `src` and `buf` hold `len` elements; each step reads and writes 8.
+                unsafe {
+                    while i + 8 <= len {
+                        let h = _mm_loadu_si128(src.as_ptr().add(i).cast::<__m128i>());
+                        let w = _mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h));
+                        _mm256_storeu_ps(buf.as_mut_ptr().add(i), _mm256_castsi256_ps(w));
+                        i += 8;
+                    }
+                }
+                for (o, h) in buf[i..len].iter_mut().zip(&src[i..]) {
+                    *o = h.to_f32();
+                }
+                &buf[..len]
+            }
+            other => other.span(start, len, buf),
+        }
+    }
 }

@@ -6,6 +6,7 @@ use std::borrow::Cow;
 
 use rayon::prelude::*;
 
+use super::attention::Kv;
 use super::{matmul, split_axis};
 use crate::dtype::{DType, Rounding};
 use crate::error::{Error, Result};
@@ -57,6 +58,19 @@ fn widen<'a>(s: StorageRef<'a>, buf: &'a mut Vec<f32>) -> &'a [f32] {
     }
 }
 
+/// An attention operand as stored (f32 borrowed; 16-bit widened per block or tile by the kernel).
+fn kv_operand(s: StorageRef<'_>) -> Result<Kv<'_>> {
+    match s {
+        StorageRef::F32(x) => Ok(Kv::F32(x)),
+        StorageRef::F16(x) => Ok(Kv::F16(x)),
+        StorageRef::BF16(x) => Ok(Kv::BF16(x)),
+        other => Err(Error::InvalidGraph(format!(
+            "attention: {} operands",
+            other.dtype()
+        ))),
+    }
+}
+
 /// An operand widened to f32, borrowed when it already is f32.
 pub(crate) fn as_f32(s: StorageRef<'_>) -> Cow<'_, [f32]> {
     match s {
@@ -99,8 +113,22 @@ pub(crate) fn eval(
                 }
                 (false, _) => None,
             };
-            let (q, k, v) = (as_f32(ins[0].0), as_f32(ins[1].0), as_f32(ins[2].0));
-            super::attention::fast(&g, &q, &k, &v, lengths)
+            // Q, K and V stay as stored: the kernel widens Q one block and K and V one tile at a
+            // time.
+            let q = kv_operand(ins[0].0)?;
+            let (k, v) = (kv_operand(ins[1].0)?, kv_operand(ins[2].0)?);
+            // An f32 result is the user's output; a 16-bit one is narrowed from a scratch buffer.
+            if node.dtype == DType::F32 {
+                let mut y = Vec::new();
+                super::attention::fast(&g, q, k, v, lengths, &mut y);
+                y
+            } else {
+                let mut y = scratch_take();
+                super::attention::fast(&g, q, k, v, lengths, &mut y);
+                let stored = narrow(&y, node.dtype, node.rounding, seed, counter);
+                scratch_give(y);
+                return Ok(stored);
+            }
         }
         Op::Rope {
             theta,

@@ -14,6 +14,9 @@ mod fast;
 mod matmul;
 mod reference;
 
+/// The fast path's vectorised 2^x over a slice (exposed for its accuracy test).
+#[doc(hidden)]
+pub use attention::exp2_slice;
 pub use buffer::CpuBuffer;
 pub(crate) use buffer::{alias_lock, byte_len, checked_numel, cpu_buffer, write_state};
 

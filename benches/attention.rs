@@ -1,0 +1,337 @@
+//! CPU attention through `Session::run` next to its peers in the same run:
+//!
+//! - causal 1×8×512×64: our fused kernel in f32 and in bf16 (q, K, V and output stored bf16),
+//!   two direct `gemm` calls per head on the full QKᵀ [512×64]×[64×512] and PV [512×512]×[512×64]
+//!   products (8 heads over the threads), and our composed graph (matmul, scale, additive causal
+//!   mask from a constant, softmax, matmul). Goals (issue 16): fused f32 ≤ 0.75× the two gemm
+//!   calls; bf16 ≤ 1.3× our f32. GFLOP/s are effective, over the unmasked half (269 MFLOP).
+//! - decode: 1 query row against a 2048-token cache, 9 query heads over 3 KV heads, D = 64,
+//!   cycling over 30 distinct caches (≈ 94 MB f32, so they cannot sit in L3), each K and V byte
+//!   counted once; next to a plain multi-threaded copy of the same bytes. Goal: ≥ 50 % of the
+//!   copy's bandwidth.
+//!
+//! Run: `cargo bench --bench attention` (prints a summary table at the end; the % of peak uses
+//! `POLYTENSOR_PEAK_GFLOPS`, default 204.6 — PEERS.md's 2-core figure).
+
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use polytensor::{DType, Device, Graph, Session, Tensor};
+use rayon::prelude::*;
+
+const H: usize = 8;
+const S: usize = 512;
+const D: usize = 64;
+/// Decode: query heads, KV heads, cache length, caches cycled over.
+const DEC_HQ: usize = 9;
+const DEC_HKV: usize = 3;
+const DEC_LEN: usize = 2048;
+const DEC_CACHES: usize = 30;
+
+fn data(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Effective FLOPs of causal attention over the unmasked half: 2 products × 2 FLOP per
+/// multiply-add × D × Σ_i (i + 1) visible keys × heads.
+fn causal_flops() -> f64 {
+    (4 * D * (S * (S + 1) / 2) * H) as f64
+}
+
+fn fused_graph(dtype: DType) -> Graph {
+    let mut g = Graph::new();
+    let q = g.input("q", [1, H, S, D], dtype);
+    let k = g.input("k", [1, H, S, D], dtype);
+    let v = g.input("v", [1, H, S, D], dtype);
+    let a = g
+        .attention(q, k, v, None, 1.0 / (D as f64).sqrt(), true, None)
+        .expect("attention");
+    g.output("out", a).expect("output");
+    g
+}
+
+fn composed_graph() -> Graph {
+    let mut g = Graph::new();
+    let q = g.input("q", [1, H, S, D], DType::F32);
+    let k = g.input("k", [1, H, S, D], DType::F32);
+    let v = g.input("v", [1, H, S, D], DType::F32);
+    let s = g.matmul_t(q, k, false, true).expect("qk");
+    let scale = g
+        .constant(&[1.0 / (D as f64).sqrt()], [1], DType::F32)
+        .expect("scale");
+    let s = g.mul(s, scale).expect("scale");
+    let mask: Vec<f64> = (0..S * S)
+        .map(|x| if x % S > x / S { -1e30 } else { 0.0 })
+        .collect();
+    let m = g.constant(&mask, [S, S], DType::F32).expect("mask");
+    let s = g.add(s, m).expect("mask");
+    let p = g.softmax(s).expect("softmax");
+    let o = g.matmul(p, v).expect("pv");
+    g.output("out", o).expect("output");
+    g
+}
+
+/// `dst (m×n) = a (m×k, row stride rs_a, col stride cs_a) · b (k×n, strides rs_b, cs_b)`,
+/// one thread.
+#[allow(clippy::too_many_arguments)]
+fn gemm1(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    a: &[f32],
+    (rs_a, cs_a): (isize, isize),
+    b: &[f32],
+    (rs_b, cs_b): (isize, isize),
+) {
+    assert!(dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
+    // SAFETY: the buffers hold the m×k, k×n and m×n (row-major) matrices the strides describe.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            cs_a,
+            rs_a,
+            b.as_ptr(),
+            cs_b,
+            rs_b,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+fn bench_causal(c: &mut Criterion) {
+    let mut group = c.benchmark_group("attention_causal_1x8x512x64");
+    group.throughput(Throughput::Elements(causal_flops() as u64));
+    group.sample_size(20);
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(3));
+    let n = H * S * D;
+    let (q, k, v) = (data(n, 1), data(n, 2), data(n, 3));
+    // Two gemm calls per head on the full products, the heads spread over the threads.
+    let mut scores = vec![0f32; H * S * S];
+    let mut out = vec![0f32; n];
+    group.bench_function(BenchmarkId::new("gemm_direct", "qk+pv"), |bch| {
+        bch.iter(|| {
+            scores
+                .par_chunks_mut(S * S)
+                .zip(out.par_chunks_mut(S * D))
+                .enumerate()
+                .for_each(|(h, (sc, o))| {
+                    let (qh, kh, vh) = (
+                        &q[h * S * D..(h + 1) * S * D],
+                        &k[h * S * D..(h + 1) * S * D],
+                        &v[h * S * D..(h + 1) * S * D],
+                    );
+                    // S = Q·Kᵀ: Kᵀ is K read with swapped strides.
+                    gemm1(S, S, D, sc, qh, (D as isize, 1), kh, (1, D as isize));
+                    gemm1(S, D, S, o, sc, (S as isize, 1), vh, (D as isize, 1));
+                })
+        })
+    });
+    for (label, dtype) in [("f32", DType::F32), ("bf16", DType::BF16)] {
+        let t = |x: &[f32]| Tensor::from_f32(&[1, H, S, D], x.to_vec(), dtype).expect("tensor");
+        let (qt, kt, vt) = (t(&q), t(&k), t(&v));
+        let mut s = Session::new(&Device::cpu());
+        let p = s.compile(&fused_graph(dtype)).expect("compile");
+        let inputs = [("q", qt.view()), ("k", kt.view()), ("v", vt.view())];
+        group.bench_function(BenchmarkId::new("polytensor_fused", label), |bch| {
+            bch.iter(|| s.run(&p, &inputs, &[]).expect("run"))
+        });
+    }
+    {
+        let t = |x: &[f32]| Tensor::new(&[1, H, S, D], x.to_vec()).expect("tensor");
+        let (qt, kt, vt) = (t(&q), t(&k), t(&v));
+        let mut s = Session::new(&Device::cpu());
+        let p = s.compile(&composed_graph()).expect("compile");
+        let inputs = [("q", qt.view()), ("k", kt.view()), ("v", vt.view())];
+        group.bench_function(BenchmarkId::new("polytensor_composed", "f32"), |bch| {
+            bch.iter(|| s.run(&p, &inputs, &[]).expect("run"))
+        });
+    }
+    group.finish();
+}
+
+/// K and V bytes one decode step reads.
+fn decode_bytes() -> usize {
+    2 * DEC_HKV * DEC_LEN * D * 4
+}
+
+fn bench_decode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("attention_decode_9x3x2048x64");
+    group.throughput(Throughput::Bytes(decode_bytes() as u64));
+    group.sample_size(30);
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(3));
+    let kv = DEC_HKV * DEC_LEN * D;
+    let caches: Vec<(Tensor, Tensor)> = (0..DEC_CACHES)
+        .map(|i| {
+            let t = |seed| Tensor::new(&[1, DEC_HKV, DEC_LEN, D], data(kv, seed)).expect("cache");
+            (t(10 + 2 * i as u64), t(11 + 2 * i as u64))
+        })
+        .collect();
+    let q = Tensor::new(&[1, DEC_HQ, 1, D], data(DEC_HQ * D, 5)).expect("q");
+    let mut g = Graph::new();
+    let qi = g.input("q", [1, DEC_HQ, 1, D], DType::F32);
+    let ki = g.input("k", [1, DEC_HKV, DEC_LEN, D], DType::F32);
+    let vi = g.input("v", [1, DEC_HKV, DEC_LEN, D], DType::F32);
+    let a = g
+        .attention(qi, ki, vi, None, 1.0 / (D as f64).sqrt(), false, None)
+        .expect("attention");
+    g.output("out", a).expect("output");
+    let mut s = Session::new(&Device::cpu());
+    let p = s.compile(&g).expect("compile");
+    let mut i = 0;
+    group.bench_function(BenchmarkId::new("polytensor_fused", "f32"), |bch| {
+        bch.iter(|| {
+            i = (i + 1) % DEC_CACHES;
+            let (k, v) = &caches[i];
+            s.run(
+                &p,
+                &[("q", q.view()), ("k", k.view()), ("v", v.view())],
+                &[],
+            )
+            .expect("run")
+        })
+    });
+    // The same step on one cache over and over (cache-resident: compute and overheads only).
+    group.bench_function(
+        BenchmarkId::new("polytensor_fused", "f32_one_cache"),
+        |bch| {
+            let (k, v) = &caches[0];
+            bch.iter(|| {
+                s.run(
+                    &p,
+                    &[("q", q.view()), ("k", k.view()), ("v", v.view())],
+                    &[],
+                )
+                .expect("run")
+            })
+        },
+    );
+    // A plain copy of the same K and V bytes (over the threads) into one destination.
+    let mut dst = vec![0f32; 2 * kv];
+    let mut j = 0;
+    group.bench_function(BenchmarkId::new("plain_copy", "f32"), |bch| {
+        bch.iter(|| {
+            j = (j + 1) % DEC_CACHES;
+            let (k, v) = &caches[j];
+            let (ks, vs) = (
+                k.as_slice::<f32>().expect("f32"),
+                v.as_slice::<f32>().expect("f32"),
+            );
+            let (dk, dv) = dst.split_at_mut(kv);
+            const CH: usize = 1 << 15;
+            dk.par_chunks_mut(CH)
+                .zip(ks.par_chunks(CH))
+                .chain(dv.par_chunks_mut(CH).zip(vs.par_chunks(CH)))
+                .for_each(|(d, s)| d.copy_from_slice(s));
+        })
+    });
+    group.finish();
+}
+
+/// The median time in ns of one benchmark, from criterion's saved estimates.
+fn median_ns(group: &str, id: &str) -> Option<f64> {
+    let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".to_string());
+    let path = format!("{dir}/criterion/{group}/{id}/new/estimates.json");
+    let text = std::fs::read_to_string(path).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["median"]["point_estimate"].as_f64()
+}
+
+fn summary() {
+    let peak: f64 = std::env::var("POLYTENSOR_PEAK_GFLOPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(204.6);
+    let grp = "attention_causal_1x8x512x64";
+    let get = |id: &str| median_ns(grp, id).unwrap_or(f64::NAN);
+    let (gemm, f32t, bf16t, comp) = (
+        get("gemm_direct/qk+pv"),
+        get("polytensor_fused/f32"),
+        get("polytensor_fused/bf16"),
+        get("polytensor_composed/f32"),
+    );
+    let gf = |ns: f64| causal_flops() / ns;
+    println!(
+        "\ncausal attention 1×8×512×64, median; GFLOP/s effective over the unmasked half (269 MFLOP), % of {peak} GFLOP/s peak"
+    );
+    println!("| what | ms | GFLOP/s | % peak | ratio |");
+    println!("|---|---|---|---|---|");
+    let row = |name: &str, ns: f64, ratio: String| {
+        println!(
+            "| {name} | {:.3} | {:.1} | {:.1} % | {ratio} |",
+            ns / 1e6,
+            gf(ns),
+            100.0 * gf(ns) / peak
+        );
+    };
+    row("two direct gemm calls (full QKᵀ, PV)", gemm, "—".into());
+    row(
+        "polytensor fused f32",
+        f32t,
+        format!("{:.3}× gemm (goal ≤ 0.75)", f32t / gemm),
+    );
+    row(
+        "polytensor fused bf16",
+        bf16t,
+        format!("{:.3}× our f32 (goal ≤ 1.3)", bf16t / f32t),
+    );
+    row(
+        "polytensor composed f32 (matmul, mask, softmax, matmul)",
+        comp,
+        format!("{:.2}× our fused f32", comp / f32t),
+    );
+    let dg = "attention_decode_9x3x2048x64";
+    let (ours, copy) = (
+        median_ns(dg, "polytensor_fused/f32").unwrap_or(f64::NAN),
+        median_ns(dg, "plain_copy/f32").unwrap_or(f64::NAN),
+    );
+    let gbs = |ns: f64| decode_bytes() as f64 / ns;
+    println!(
+        "\ndecode: 1 row, 9 q heads / 3 KV heads, 2048 keys, D = 64, 30 caches cycled (K and V bytes counted once)"
+    );
+    println!("| what | µs | GB/s | ratio |");
+    println!("|---|---|---|---|");
+    println!("| plain copy | {:.1} | {:.1} | — |", copy / 1e3, gbs(copy));
+    println!(
+        "| polytensor fused f32 | {:.1} | {:.1} | {:.2}× the copy's bandwidth (goal ≥ 0.5) |",
+        ours / 1e3,
+        gbs(ours),
+        copy / ours
+    );
+    let hot = median_ns(dg, "polytensor_fused/f32_one_cache").unwrap_or(f64::NAN);
+    println!(
+        "| polytensor fused f32, one cache reused (cache-resident) | {:.1} | {:.1} | — |",
+        hot / 1e3,
+        gbs(hot)
+    );
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    bench_causal(&mut c);
+    bench_decode(&mut c);
+    c.final_summary();
+    summary();
+}
