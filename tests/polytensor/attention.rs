@@ -111,6 +111,22 @@ fn pairs(p: &Point) -> Vec<(usize, usize, usize, usize)> {
     out
 }
 
+/// Every pair of values of two different dimensions, as (dimension, value index, dimension,
+/// value index).
+fn all_pairs() -> Vec<(usize, usize, usize, usize)> {
+    let mut out = Vec::new();
+    for (a, &na) in SIZES.iter().enumerate() {
+        for (b, &nb) in SIZES.iter().enumerate().skip(a + 1) {
+            for x in 0..na {
+                for y in 0..nb {
+                    out.push((a, x, b, y));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// A pairwise-covering set of valid cases within the cost bound: greedy set cover over every
 /// valid point (the space is small), each step taking the point that covers the most uncovered
 /// pairs, the cheapest among equals.
@@ -132,16 +148,7 @@ fn pairwise_cases() -> Vec<Case> {
         break;
     }
     let mut uncovered: std::collections::HashSet<(usize, usize, usize, usize)> =
-        std::collections::HashSet::new();
-    for a in 0..7 {
-        for b in a + 1..7 {
-            for x in 0..SIZES[a] {
-                for y in 0..SIZES[b] {
-                    uncovered.insert((a, x, b, y));
-                }
-            }
-        }
-    }
+        all_pairs().into_iter().collect();
     let mut chosen: Vec<Point> = Vec::new();
     while !uncovered.is_empty() {
         let best = all
@@ -162,17 +169,11 @@ fn pairwise_cases() -> Vec<Case> {
     }
     // Every pair of values across the dimensions is covered (none is impossible under the
     // constraints: causal needs Sq ≤ Skv, and each case stays within ~2²⁸ multiply-adds).
-    for a in 0..7 {
-        for b in a + 1..7 {
-            for x in 0..SIZES[a] {
-                for y in 0..SIZES[b] {
-                    assert!(
-                        chosen.iter().any(|p| p[a] == x && p[b] == y),
-                        "pair (dim {a} = value {x}, dim {b} = value {y}) not covered"
-                    );
-                }
-            }
-        }
+    for (a, x, b, y) in all_pairs() {
+        assert!(
+            chosen.iter().any(|p| p[a] == x && p[b] == y),
+            "pair (dimension {a} = its value #{x}, dimension {b} = its value #{y}) not covered"
+        );
     }
     let cases: Vec<Case> = chosen.into_iter().map(Case::of).collect();
     for c in &cases {

@@ -280,7 +280,7 @@ fn tiled(g: &Geometry, q: Kv<'_>, k: Kv<'_>, v: Kv<'_>, lengths: Option<&[u32]>,
     let splits = if tasks.len() < 2 * threads && g.keys >= 4 * KT {
         let most = g.keys / (2 * KT);
         let mut sp = (4 * threads).div_ceil(tasks.len().max(1));
-        while (sp * tasks.len()) % threads != 0 && sp < most {
+        while !(sp * tasks.len()).is_multiple_of(threads) && sp < most {
             sp += 1;
         }
         sp.min(most).max(1)
@@ -424,7 +424,7 @@ mod avx {
     /// relative, below half an f32 ulp.
     const C: [f32; 8] = [
         1.0,
-        0.693_147_2,
+        std::f32::consts::LN_2,
         0.240_226_5,
         0.055_504_11,
         0.009_618_129,
@@ -520,7 +520,7 @@ mod avx {
     /// `s[j·w + c] = scores` for keys `0..n` of the tile and every column.
     #[target_feature(enable = "avx2,fma")]
     fn scores(k: &[f32], n: usize, d: usize, qt: &[f32], w: usize, s: &mut [f32]) {
-        assert!(k.len() >= n * d && qt.len() >= d * w && s.len() >= n * w && w % 8 == 0);
+        assert!(k.len() >= n * d && qt.len() >= d * w && s.len() >= n * w && w.is_multiple_of(8));
         let mut j = 0;
         // SAFETY (all calls): the assert above bounds every row and column used.
         while j < n {
@@ -670,7 +670,7 @@ mod avx {
     #[target_feature(enable = "avx2,fma")]
     fn softmax(s: &mut [f32], n: usize, w: usize, m: &mut [f32], l: &mut [f32], alpha: &mut [f32]) {
         assert!(s.len() >= n * w && m.len() >= w && l.len() >= w && alpha.len() >= w);
-        assert!(w % 8 == 0);
+        assert!(w.is_multiple_of(8));
         let sp = s.as_mut_ptr();
         // SAFETY: the asserts bound every access (columns c..c + 8 ≤ w, rows < n).
         unsafe {
