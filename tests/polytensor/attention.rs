@@ -516,7 +516,7 @@ fn kv_graph(len: usize, shape: [usize; 4], hq: usize, dtype: DType) -> (Graph, N
 
 #[test]
 fn kv_cache_prefill_then_decode_equals_one_full_run() {
-    let (b, hkv, ratio, d, n, m) = (2usize, 2usize, 3usize, 40usize, 7usize, 5usize);
+    let (b, hkv, ratio, d, n, m) = (2usize, 2usize, 3usize, 44usize, 7usize, 5usize);
     let hq = hkv * ratio;
     let total = n + m;
     let mut rng = Rng::new(164);

@@ -545,6 +545,74 @@ mod avx {
         }
     }
 
+    /// Query rows at most for [`scores_few`].
+    const FEW: usize = 4;
+
+    /// Scores for a block of at most [`FEW`] query rows (decode): `q` holds 4 rows of `d`
+    /// (row-major, zeros past the block), and each key row's dot products with them are summed
+    /// across lanes, two keys at a time, into columns 0..4 of `s` (the other columns stay as
+    /// they are: finite, and never read back).
+    #[target_feature(enable = "avx2,fma")]
+    fn scores_few(k: &[f32], n: usize, d: usize, q: &[f32], w: usize, s: &mut [f32]) {
+        assert!(k.len() >= n * d && q.len() >= FEW * d && s.len() >= n * w && w >= 8);
+        let dv = d / 8 * 8;
+        let (kp, qp, sp) = (k.as_ptr(), q.as_ptr(), s.as_mut_ptr());
+        let mut j = 0;
+        // SAFETY: the assert bounds every access: key rows j, j + 1 < n (the second only when it
+        // exists), lanes x + 8 ≤ dv ≤ d, query rows < 4, and 4 columns of rows j, j + 1 of `s`.
+        unsafe {
+            while j < n {
+                let two = j + 1 < n;
+                let mut acc = [[_mm256_setzero_ps(); FEW]; 2];
+                for x in (0..dv).step_by(8) {
+                    let mut qv = [_mm256_setzero_ps(); FEW];
+                    for (c, v) in qv.iter_mut().enumerate() {
+                        *v = _mm256_loadu_ps(qp.add(c * d + x));
+                    }
+                    let k0 = _mm256_loadu_ps(kp.add(j * d + x));
+                    let k1 = if two {
+                        _mm256_loadu_ps(kp.add((j + 1) * d + x))
+                    } else {
+                        _mm256_setzero_ps()
+                    };
+                    for c in 0..FEW {
+                        acc[0][c] = _mm256_fmadd_ps(k0, qv[c], acc[0][c]);
+                        acc[1][c] = _mm256_fmadd_ps(k1, qv[c], acc[1][c]);
+                    }
+                }
+                // Eight lane sums at once: [s(j, 0..4), s(j + 1, 0..4)].
+                let t0 = _mm256_hadd_ps(acc[0][0], acc[0][1]);
+                let t1 = _mm256_hadd_ps(acc[0][2], acc[0][3]);
+                let t2 = _mm256_hadd_ps(acc[1][0], acc[1][1]);
+                let t3 = _mm256_hadd_ps(acc[1][2], acc[1][3]);
+                let u0 = _mm256_hadd_ps(t0, t1);
+                let u1 = _mm256_hadd_ps(t2, t3);
+                let r = _mm256_add_ps(
+                    _mm256_permute2f128_ps::<0x20>(u0, u1),
+                    _mm256_permute2f128_ps::<0x31>(u0, u1),
+                );
+                let mut sums = [0f32; 8];
+                _mm256_storeu_ps(sums.as_mut_ptr(), r);
+                for x in dv..d {
+                    for c in 0..FEW {
+                        let qx = *qp.add(c * d + x);
+                        sums[c] += *kp.add(j * d + x) * qx;
+                        if two {
+                            sums[FEW + c] += *kp.add((j + 1) * d + x) * qx;
+                        }
+                    }
+                }
+                for c in 0..FEW {
+                    *sp.add(j * w + c) = sums[c];
+                    if two {
+                        *sp.add((j + 1) * w + c) = sums[FEW + c];
+                    }
+                }
+                j += 2;
+            }
+        }
+    }
+
     /// Rows per register tile: 6 (12 accumulators of 8 lanes, two operand vectors and a
     /// broadcast fit the 16 AVX registers), then 4, then 1 for what is left.
     fn step(left: usize) -> usize {
@@ -736,12 +804,14 @@ mod avx {
         // The query block transposed (d × w), scaled so scores are in base-2 exponent units.
         let sl = (g.scale * std::f64::consts::LOG2_E) as f32;
         let qbase = (b * g.hq + kvh * ratio) * g.sq * d;
-        let mut qt = vec![0f32; d * w];
+        // (A block of at most 4 rows keeps them row-major, for dot products with each key.)
+        let few = nr <= FEW;
+        let mut qt = vec![0f32; if few { FEW * d } else { d * w }];
         let mut qbuf = Vec::new();
         for c in 0..nr {
             let row = span(q, qbase + (r0 + c) * d, d, &mut qbuf);
             for (dd, &x) in row.iter().enumerate() {
-                qt[dd * w + c] = x * sl;
+                qt[if few { c * d + dd } else { dd * w + c }] = x * sl;
             }
         }
         let kbase = (b * g.hkv + kvh) * g.skv * d;
@@ -754,7 +824,11 @@ mod avx {
         while j0 < end {
             let n = KT.min(end - j0);
             let kt = span(k, kbase + j0 * d, n * d, &mut kbuf);
-            scores(kt, n, d, &qt, w, &mut s);
+            if few {
+                scores_few(kt, n, d, &qt, w, &mut s);
+            } else {
+                scores(kt, n, d, &qt, w, &mut s);
+            }
             if j0 + n > nmin {
                 // The causal diagonal or a padding limit cuts this tile.
                 for (c, &lim) in nvis.iter().enumerate() {
