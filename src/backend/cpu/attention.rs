@@ -519,14 +519,32 @@ mod avx {
 
     /// `s[j·w + c] = scores` for keys `0..n` of the tile and every column.
     #[target_feature(enable = "avx2,fma")]
-    fn scores(k: &[f32], n: usize, d: usize, qt: &[f32], w: usize, s: &mut [f32]) {
+    ///
+    /// `need[g]`: how many of the tile's keys any column of the 8-column group `g` sees; a
+    /// register tile no column of which sees its first key is skipped (the causal diagonal),
+    /// its scores left for the mask to overwrite.
+    #[allow(clippy::too_many_arguments)]
+    fn scores(
+        k: &[f32],
+        n: usize,
+        d: usize,
+        qt: &[f32],
+        w: usize,
+        s: &mut [f32],
+        need: &[usize],
+    ) {
         assert!(k.len() >= n * d && qt.len() >= d * w && s.len() >= n * w && w.is_multiple_of(8));
+        assert!(need.len() >= w / 8);
         let mut j = 0;
         // SAFETY (all calls): the assert above bounds every row and column used.
         while j < n {
             let r = step(n - j);
             let mut c = 0;
             while c + 16 <= w {
+                if need[c / 8].max(need[c / 8 + 1]) <= j {
+                    c += 16;
+                    continue;
+                }
                 match r {
                     6 => unsafe { score_kernel::<6, 2>(k, j, d, qt, w, c, s) },
                     4 => unsafe { score_kernel::<4, 2>(k, j, d, qt, w, c, s) },
@@ -534,7 +552,7 @@ mod avx {
                 }
                 c += 16;
             }
-            if c < w {
+            if c < w && need[c / 8] > j {
                 match r {
                     6 => unsafe { score_kernel::<6, 1>(k, j, d, qt, w, c, s) },
                     4 => unsafe { score_kernel::<4, 1>(k, j, d, qt, w, c, s) },
@@ -674,8 +692,22 @@ mod avx {
 
     /// `o[c·d ..] += Σ_j p[j·w + c] · v[j·d ..]` for rows `c < rows`, keys `j < n`.
     #[target_feature(enable = "avx2,fma")]
-    fn pv(p: &[f32], n: usize, w: usize, rows: usize, v: &[f32], d: usize, o: &mut [f32]) {
+    ///
+    /// `keys[c]`: keys of the tile row `c` sees (its later probabilities are 0, so a register
+    /// tile of rows stops at its rows' last visible key).
+    #[allow(clippy::too_many_arguments)]
+    fn pv(
+        p: &[f32],
+        n: usize,
+        w: usize,
+        rows: usize,
+        v: &[f32],
+        d: usize,
+        o: &mut [f32],
+        keys: &[usize],
+    ) {
         assert!(p.len() >= n * w && rows <= w && v.len() >= n * d && o.len() >= rows * d);
+        assert!(keys.len() >= rows);
         // SAFETY (all calls): the assert above bounds every row and column used.
         let mut c = 0;
         while c < rows {
@@ -685,6 +717,7 @@ mod avx {
                 1..=3 => rows - c,
                 left => step(left),
             };
+            let n = keys[c..c + r].iter().copied().max().unwrap_or(0).min(n);
             let mut dd = 0;
             if r == 3 {
                 while dd + 24 <= d {
@@ -819,15 +852,23 @@ mod avx {
         m.resize(w, SENTINEL);
         l.resize(w, 0.0);
         let mut alpha = vec![0f32; w];
+        let (mut tile_keys, mut need) = (vec![0usize; w], vec![0usize; w / 8]);
         let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
         let mut j0 = keys.0;
         while j0 < end {
             let n = KT.min(end - j0);
             let kt = span(k, kbase + j0 * d, n * d, &mut kbuf);
+            // Keys of this tile each row sees, and each 8-column group's most.
+            for (t, &nv) in tile_keys.iter_mut().zip(&nvis) {
+                *t = nv.saturating_sub(j0).min(n);
+            }
+            for (nd, grp) in need.iter_mut().zip(tile_keys.chunks_exact(8)) {
+                *nd = grp.iter().copied().max().unwrap_or(0);
+            }
             if few {
                 scores_few(kt, n, d, &qt, w, &mut s);
             } else {
-                scores(kt, n, d, &qt, w, &mut s);
+                scores(kt, n, d, &qt, w, &mut s, &need);
             }
             if j0 + n > nmin {
                 // The causal diagonal or a padding limit cuts this tile.
@@ -846,7 +887,7 @@ mod avx {
                 }
             }
             let vt = span(v, kbase + j0 * d, n * d, &mut vbuf);
-            pv(&s, n, w, nr, vt, d, o);
+            pv(&s, n, w, nr, vt, d, o, &tile_keys);
             j0 += n;
         }
         m.truncate(nr);
