@@ -222,6 +222,9 @@ pub(crate) fn fast(
     portable(g, &q.to_f32(), &k.to_f32(), &v.to_f32(), lengths, out);
 }
 
+/// A query block: its first row in its group, its row count, and its output rows.
+type BlockRows<'o> = (usize, usize, &'o mut [f32]);
+
 /// The blocks of one (batch row, key/value head) group, as (first row, rows). The group's rows
 /// are its `ratio` query heads' rows, head-major, which is also their order in the output, so a
 /// block's output is one contiguous slice. A head with many queries is cut into near-equal blocks
@@ -263,6 +266,7 @@ fn tiled(g: &Geometry, q: Kv<'_>, k: Kv<'_>, v: Kv<'_>, lengths: Option<&[u32]>,
         return;
     }
     let blocks = blocks(g.sq, ratio);
+    let groups = g.b * g.hkv;
     let mut tasks: Vec<(usize, usize, usize, &mut [f32])> = Vec::new();
     for (grp, chunk) in out.chunks_mut(rows * d).enumerate() {
         let mut rest = chunk;
@@ -288,20 +292,49 @@ fn tiled(g: &Geometry, q: Kv<'_>, k: Kv<'_>, v: Kv<'_>, lengths: Option<&[u32]>,
         1
     };
     let chunk = g.keys.div_ceil(splits).next_multiple_of(KT);
-    tasks.into_par_iter().for_each(|(grp, r0, nr, o)| {
-        if splits == 1 {
-            // SAFETY: `fast` checked that the CPU has AVX2 and FMA.
-            unsafe { avx::block(g, q, k, v, lengths, (grp, r0, nr), (0, g.keys), true, o) };
-            return;
+    if splits == 1 {
+        // 16-bit K and V: blocks of one group run together, up to 4 at a time, so each tile is
+        // widened once for all of them, when that still leaves every thread several tasks.
+        let wide = !matches!(k, Kv::F32(_)) && !matches!(v, Kv::F32(_));
+        let per = if wide && blocks.len() > 1 && groups * blocks.len().div_ceil(4) >= 4 * threads {
+            4
+        } else {
+            1
+        };
+        let mut sets: Vec<(usize, Vec<BlockRows<'_>>)> = Vec::new();
+        for (grp, r0, nr, o) in tasks {
+            match sets.last_mut() {
+                Some((g0, list)) if *g0 == grp && list.len() < per => list.push((r0, nr, o)),
+                _ => sets.push((grp, vec![(r0, nr, o)])),
+            }
         }
+        sets.into_par_iter().for_each(|(grp, list)| {
+            // SAFETY: `fast` checked that the CPU has AVX2 and FMA.
+            unsafe { avx::blocks(g, q, k, v, lengths, grp, list, (0, g.keys), true) };
+        });
+        return;
+    }
+    tasks.into_par_iter().for_each(|(grp, r0, nr, o)| {
         let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..splits)
             .into_par_iter()
             .map(|sp| {
                 let mut po = vec![0f32; nr * d];
                 let keys = (sp * chunk, ((sp + 1) * chunk).min(g.keys));
                 // SAFETY: as above.
-                let (m, l) =
-                    unsafe { avx::block(g, q, k, v, lengths, (grp, r0, nr), keys, false, &mut po) };
+                let ml = unsafe {
+                    avx::blocks(
+                        g,
+                        q,
+                        k,
+                        v,
+                        lengths,
+                        grp,
+                        vec![(r0, nr, &mut po)],
+                        keys,
+                        false,
+                    )
+                };
+                let (m, l) = ml.into_iter().next().unwrap_or_default();
                 (po, m, l)
             })
             .collect();
@@ -418,7 +451,7 @@ mod avx {
 
     use std::arch::x86_64::*;
 
-    use super::{Geometry, KT, Kv, SENTINEL};
+    use super::{BlockRows, Geometry, KT, Kv, SENTINEL};
 
     /// Taylor coefficients of 2^f = e^(f ln 2) on |f| ≤ 1/2, degree 7: truncation ≤ 5.2e-9
     /// relative, below half an f32 ulp.
@@ -524,15 +557,7 @@ mod avx {
     /// register tile no column of which sees its first key is skipped (the causal diagonal),
     /// its scores left for the mask to overwrite.
     #[allow(clippy::too_many_arguments)]
-    fn scores(
-        k: &[f32],
-        n: usize,
-        d: usize,
-        qt: &[f32],
-        w: usize,
-        s: &mut [f32],
-        need: &[usize],
-    ) {
+    fn scores(k: &[f32], n: usize, d: usize, qt: &[f32], w: usize, s: &mut [f32], need: &[usize]) {
         assert!(k.len() >= n * d && qt.len() >= d * w && s.len() >= n * w && w.is_multiple_of(8));
         assert!(need.len() >= w / 8);
         let mut j = 0;
@@ -797,114 +822,182 @@ mod avx {
         }
     }
 
-    /// One block: `nr` rows from row `r0` of group `grp` (batch row × key/value head) over the
-    /// keys `keys.0..keys.1` into `o` (`nr × d`, zeros on entry). With `normalize`, `o` is the
-    /// output; without, it is the unnormalised partial sum of a key split, and the returned
-    /// running max (base 2) and sum per row let the caller merge the splits.
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn block(
-        g: &Geometry,
-        q: Kv<'_>,
-        k: Kv<'_>,
-        v: Kv<'_>,
-        lengths: Option<&[u32]>,
-        (grp, r0, nr): (usize, usize, usize),
-        keys: (usize, usize),
-        normalize: bool,
-        o: &mut [f32],
-    ) -> (Vec<f32>, Vec<f32>) {
-        let d = g.d;
-        let (mut m, mut l) = (vec![SENTINEL; nr], vec![0f32; nr]);
-        if d == 0 || nr == 0 {
-            return (m, l);
-        }
-        let (b, kvh) = (grp / g.hkv, grp % g.hkv);
-        let ratio = g.hq / g.hkv;
-        let w = nr.next_multiple_of(8);
-        // Visible keys per column (padding columns copy the block's widest row).
-        let mut nvis = vec![0usize; w];
-        for (c, n) in nvis.iter_mut().enumerate().take(nr) {
-            *n = g.visible(b, (r0 + c) % g.sq, lengths);
-        }
-        let nmax = nvis[..nr].iter().copied().max().unwrap_or(0);
-        let nmin = nvis[..nr].iter().copied().min().unwrap_or(0);
-        nvis[nr..].fill(nmax);
-        let end = nmax.min(keys.1);
-        if keys.0 >= end {
-            return (m, l);
-        }
-        // The query block transposed (d × w), scaled so scores are in base-2 exponent units.
-        let sl = (g.scale * std::f64::consts::LOG2_E) as f32;
-        let qbase = (b * g.hq + kvh * ratio) * g.sq * d;
-        // (A block of at most 4 rows keeps them row-major, for dot products with each key.)
-        let few = nr <= FEW;
-        let mut qt = vec![0f32; if few { FEW * d } else { d * w }];
-        let mut qbuf = Vec::new();
-        for c in 0..nr {
-            let row = span(q, qbase + (r0 + c) * d, d, &mut qbuf);
-            for (dd, &x) in row.iter().enumerate() {
-                qt[if few { c * d + dd } else { dd * w + c }] = x * sl;
+    /// One query block's state across key tiles: `nr` rows of one group (batch row × key/value
+    /// head) whose output rows `o` (`nr × d`, zeros on entry) accumulate `P·V`.
+    struct Blk<'o> {
+        nr: usize,
+        w: usize,
+        few: bool,
+        /// Visible keys per column (padding columns copy the block's widest row).
+        nvis: Vec<usize>,
+        nmin: usize,
+        /// The block's last key read + 1 (within the key range).
+        end: usize,
+        /// The query block, scaled by `scale·log2 e`: transposed (d × w), or row-major for a
+        /// block of at most [`FEW`] rows.
+        qt: Vec<f32>,
+        s: Vec<f32>,
+        m: Vec<f32>,
+        l: Vec<f32>,
+        alpha: Vec<f32>,
+        tile_keys: Vec<usize>,
+        need: Vec<usize>,
+        o: &'o mut [f32],
+    }
+
+    impl<'o> Blk<'o> {
+        #[target_feature(enable = "avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        fn new(
+            g: &Geometry,
+            q: Kv<'_>,
+            lengths: Option<&[u32]>,
+            grp: usize,
+            r0: usize,
+            nr: usize,
+            key_end: usize,
+            o: &'o mut [f32],
+        ) -> Blk<'o> {
+            let d = g.d;
+            let (b, kvh) = (grp / g.hkv, grp % g.hkv);
+            let ratio = g.hq / g.hkv;
+            let w = nr.next_multiple_of(8);
+            let mut nvis = vec![0usize; w];
+            for (c, n) in nvis.iter_mut().enumerate().take(nr) {
+                *n = g.visible(b, (r0 + c) % g.sq, lengths);
+            }
+            let nmax = nvis[..nr].iter().copied().max().unwrap_or(0);
+            let nmin = nvis[..nr].iter().copied().min().unwrap_or(0);
+            nvis[nr..].fill(nmax);
+            let sl = (g.scale * std::f64::consts::LOG2_E) as f32;
+            let qbase = (b * g.hq + kvh * ratio) * g.sq * d;
+            let few = nr <= FEW;
+            let mut qt = vec![0f32; if few { FEW * d } else { d * w }];
+            let mut qbuf = Vec::new();
+            for c in 0..nr {
+                let row = span(q, qbase + (r0 + c) * d, d, &mut qbuf);
+                for (dd, &x) in row.iter().enumerate() {
+                    qt[if few { c * d + dd } else { dd * w + c }] = x * sl;
+                }
+            }
+            Blk {
+                nr,
+                w,
+                few,
+                nvis,
+                nmin,
+                end: nmax.min(key_end),
+                qt,
+                s: vec![0f32; KT * w],
+                m: vec![SENTINEL; w],
+                l: vec![0f32; w],
+                alpha: vec![0f32; w],
+                tile_keys: vec![0usize; w],
+                need: vec![0usize; w / 8],
+                o,
             }
         }
-        let kbase = (b * g.hkv + kvh) * g.skv * d;
-        let mut s = vec![0f32; KT * w];
-        m.resize(w, SENTINEL);
-        l.resize(w, 0.0);
-        let mut alpha = vec![0f32; w];
-        let (mut tile_keys, mut need) = (vec![0usize; w], vec![0usize; w / 8]);
-        let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
-        let mut j0 = keys.0;
-        while j0 < end {
-            let n = KT.min(end - j0);
-            let kt = span(k, kbase + j0 * d, n * d, &mut kbuf);
+
+        /// Keys `j0..j0 + n` (`kt`, `vt`: their rows of K and V, `n × d`).
+        #[target_feature(enable = "avx2,fma")]
+        fn step(&mut self, d: usize, j0: usize, n: usize, kt: &[f32], vt: &[f32]) {
+            let (w, nr) = (self.w, self.nr);
             // Keys of this tile each row sees, and each 8-column group's most.
-            for (t, &nv) in tile_keys.iter_mut().zip(&nvis) {
+            for (t, &nv) in self.tile_keys.iter_mut().zip(&self.nvis) {
                 *t = nv.saturating_sub(j0).min(n);
             }
-            for (nd, grp) in need.iter_mut().zip(tile_keys.chunks_exact(8)) {
+            for (nd, grp) in self.need.iter_mut().zip(self.tile_keys.chunks_exact(8)) {
                 *nd = grp.iter().copied().max().unwrap_or(0);
             }
-            if few {
-                scores_few(kt, n, d, &qt, w, &mut s);
+            if self.few {
+                scores_few(kt, n, d, &self.qt, w, &mut self.s);
             } else {
-                scores(kt, n, d, &qt, w, &mut s, &need);
+                scores(kt, n, d, &self.qt, w, &mut self.s, &self.need);
             }
-            if j0 + n > nmin {
+            if j0 + n > self.nmin {
                 // The causal diagonal or a padding limit cuts this tile.
-                for (c, &lim) in nvis.iter().enumerate() {
+                for (c, &lim) in self.nvis.iter().enumerate() {
                     for j in lim.saturating_sub(j0).min(n)..n {
-                        s[j * w + c] = SENTINEL;
+                        self.s[j * w + c] = SENTINEL;
                     }
                 }
             }
-            softmax(&mut s, n, w, &mut m, &mut l, &mut alpha);
-            for (row, &a) in o.chunks_exact_mut(d).zip(&alpha) {
+            softmax(&mut self.s, n, w, &mut self.m, &mut self.l, &mut self.alpha);
+            for (row, &a) in self.o.chunks_exact_mut(d).zip(&self.alpha) {
                 if a != 1.0 {
                     for x in row {
                         *x *= a;
                     }
                 }
             }
-            let vt = span(v, kbase + j0 * d, n * d, &mut vbuf);
-            pv(&s, n, w, nr, vt, d, o, &tile_keys);
-            j0 += n;
+            pv(&self.s, n, w, nr, vt, d, self.o, &self.tile_keys);
         }
-        m.truncate(nr);
-        l.truncate(nr);
-        if normalize {
-            for ((row, &n), &sum) in o.chunks_exact_mut(d).zip(&nvis).zip(&l) {
-                if n == 0 || sum <= 0.0 {
-                    row.fill(0.0);
-                } else {
-                    let inv = 1.0 / sum;
-                    for x in row {
-                        *x *= inv;
+
+        /// Divides each row by its sum (zeros for a row that sees no key) when `normalize`;
+        /// returns the rows' running max (base 2) and sum.
+        fn finish(mut self, d: usize, normalize: bool) -> (Vec<f32>, Vec<f32>) {
+            self.m.truncate(self.nr);
+            self.l.truncate(self.nr);
+            if normalize {
+                for ((row, &n), &sum) in self.o.chunks_exact_mut(d).zip(&self.nvis).zip(&self.l) {
+                    if n == 0 || sum <= 0.0 {
+                        row.fill(0.0);
+                    } else {
+                        let inv = 1.0 / sum;
+                        for x in row {
+                            *x *= inv;
+                        }
                     }
                 }
             }
+            (self.m, self.l)
         }
-        (m, l)
+    }
+
+    /// Query blocks `(first row, rows, output rows)` of group `grp` over the keys
+    /// `keys.0..keys.1`: each K and V tile is widened once for all of them. With `normalize`,
+    /// the output rows are final; without, they are the unnormalised partial sums of a key
+    /// split, and the returned running max (base 2) and sum per row let the caller merge.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn blocks(
+        g: &Geometry,
+        q: Kv<'_>,
+        k: Kv<'_>,
+        v: Kv<'_>,
+        lengths: Option<&[u32]>,
+        grp: usize,
+        list: Vec<BlockRows<'_>>,
+        keys: (usize, usize),
+        normalize: bool,
+    ) -> Vec<(Vec<f32>, Vec<f32>)> {
+        let d = g.d;
+        if d == 0 {
+            return list
+                .iter()
+                .map(|&(_, nr, _)| (vec![SENTINEL; nr], vec![0f32; nr]))
+                .collect();
+        }
+        let mut blks: Vec<Blk<'_>> = list
+            .into_iter()
+            .map(|(r0, nr, o)| Blk::new(g, q, lengths, grp, r0, nr, keys.1, o))
+            .collect();
+        let end = blks.iter().map(|b| b.end).max().unwrap_or(0);
+        // Groups are batch-row-major, as K and V are: group `grp`'s rows start at grp·Skv.
+        let kbase = grp * g.skv * d;
+        let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
+        let mut j0 = keys.0;
+        while j0 < end {
+            let n = KT.min(end - j0);
+            let kt = span(k, kbase + j0 * d, n * d, &mut kbuf);
+            let vt = span(v, kbase + j0 * d, n * d, &mut vbuf);
+            for b in blks.iter_mut().filter(|b| j0 < b.end) {
+                let nb = n.min(b.end - j0);
+                b.step(d, j0, nb, &kt[..nb * d], &vt[..nb * d]);
+            }
+            j0 += n;
+        }
+        blks.into_iter().map(|b| b.finish(d, normalize)).collect()
     }
 
     /// Elements `[start, start + len)` of K or V as f32: f32 borrowed, bf16 widened here (a
