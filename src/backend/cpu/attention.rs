@@ -3,13 +3,22 @@
 //!
 //! The fast path is flash-style: a block of up to [`QB`] query rows (of one batch row and one
 //! key/value head, so GQA heads that share K and V read each tile once) walks the visible keys in
-//! tiles of [`KT`]; per tile it computes the scores transposed (keys × query rows, the query block
-//! transposed once and pre-scaled by `scale·log2 e`), masks the tile only where the causal or
-//! padding limit cuts it, skips tiles no row of the block sees, updates each row's running max and
-//! sum (an online softmax in base 2 with a finite sentinel, vectorised across rows), and adds
-//! `P·V` into the output rows. The two products are AVX2/FMA register-tiled kernels; 16-bit K and
-//! V are widened one tile at a time. Blocks run in parallel (rayon). Without AVX2 and FMA, a
-//! portable row-by-row online softmax does the same.
+//! tiles of [`KT`]. Per tile it
+//!
+//! - computes the scores transposed (keys × query rows, the query block transposed once and
+//!   pre-scaled by `scale·log2 e`) with a 6×16 AVX2/FMA register tile, skipping the register
+//!   tiles no row sees on the causal diagonal; a block of at most 4 rows (decode) instead takes
+//!   dot products of each key row with its rows, two keys at a time;
+//! - masks the tile only where the causal or padding limit cuts it, with a finite sentinel;
+//! - updates each row's running max and sum (an online softmax in base 2, a polynomial `exp2`,
+//!   vectorised across rows) and rescales the output rows;
+//! - adds `P·V` into the output rows (6×16 register tiles, or 3×24 / 2×32 for few rows), each row
+//!   group stopping at its last visible key.
+//!
+//! Tiles past every row's last key are never read. 16-bit Q is widened once per block and K and V
+//! once per tile, shared by up to 4 blocks of a head. Blocks run in parallel (rayon); when there
+//! are few blocks and many keys (decode), each block's keys are split too and the partial softmax
+//! states merged. Without AVX2 and FMA, a portable row-by-row online softmax does the same.
 
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
