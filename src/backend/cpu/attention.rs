@@ -171,6 +171,7 @@ pub(crate) enum Kv<'a> {
 
 impl<'a> Kv<'a> {
     /// Elements `[start, start + len)` as f32: borrowed, or widened into `buf`.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn span<'b>(self, start: usize, len: usize, buf: &'b mut Vec<f32>) -> &'b [f32]
     where
         'a: 'b,
@@ -205,11 +206,14 @@ impl<'a> Kv<'a> {
 }
 
 /// Query rows per block (the columns of a score tile).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) const QB: usize = 64;
 /// Keys per tile.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) const KT: usize = 64;
 /// The finite "minus infinity" of masked scores and of a running max before any key
 /// (settled decision 1: kernels never materialise Inf).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const SENTINEL: f32 = -1.0e30;
 
 /// The fast path: `out` [B, Hq, Sq, D] in f32 (its capacity reused); q, k and v as stored.
@@ -232,6 +236,7 @@ pub(crate) fn fast(
 }
 
 /// A query block: its first row in its group, its row count, and its output rows.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 type BlockRows<'o> = (usize, usize, &'o mut [f32]);
 
 /// The blocks of one (batch row, key/value head) group, as (first row, rows). The group's rows
@@ -239,6 +244,7 @@ type BlockRows<'o> = (usize, usize, &'o mut [f32]);
 /// block's output is one contiguous slice. A head with many queries is cut into near-equal blocks
 /// of at most [`QB`] rows; short heads (decode) are packed several to a block, so the heads that
 /// share K and V read each tile once.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn blocks(sq: usize, ratio: usize) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     if sq == 0 || ratio == 0 {
