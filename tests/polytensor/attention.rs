@@ -54,6 +54,9 @@ struct Case {
     causal: bool,
     padding: bool,
     dtype: DType,
+    /// Key/value heads ([`HKV`] in the pairwise cases) and batch rows (2 with padding, else 1).
+    hkv: usize,
+    b: usize,
 }
 
 impl Case {
@@ -66,14 +69,22 @@ impl Case {
             causal: p[4] == 1,
             padding: p[5] == 1,
             dtype: DTYPES[p[6]],
+            hkv: HKV,
+            b: if p[5] == 1 { 2 } else { 1 },
         }
     }
     fn batch(&self) -> usize {
-        if self.padding { 2 } else { 1 }
+        self.b
     }
     /// Valid keys per batch row under padding: different lengths, one of them 0.
     fn lengths(&self) -> Vec<u32> {
-        vec![(2 * self.skv).div_ceil(3) as u32, 0]
+        (0..self.b)
+            .map(|r| match r {
+                0 => (2 * self.skv).div_ceil(3) as u32,
+                1 => 0,
+                _ => self.skv.saturating_sub(r) as u32,
+            })
+            .collect()
     }
     fn offset(&self) -> usize {
         self.skv - self.sq
@@ -96,7 +107,7 @@ impl Case {
         let keys: usize = (0..self.batch())
             .map(|b| (0..self.sq).map(|i| self.visible(b, i)).sum::<usize>())
             .sum();
-        2 * keys * self.d * self.ratio * HKV
+        2 * keys * self.d * self.ratio * self.hkv
     }
 }
 
@@ -106,6 +117,22 @@ fn pairs(p: &Point) -> Vec<(usize, usize, usize, usize)> {
     for a in 0..7 {
         for b in a + 1..7 {
             out.push((a, p[a], b, p[b]));
+        }
+    }
+    out
+}
+
+/// Every pair of values of two different dimensions, as (dimension, value index, dimension,
+/// value index).
+fn all_pairs() -> Vec<(usize, usize, usize, usize)> {
+    let mut out = Vec::new();
+    for (a, &na) in SIZES.iter().enumerate() {
+        for (b, &nb) in SIZES.iter().enumerate().skip(a + 1) {
+            for x in 0..na {
+                for y in 0..nb {
+                    out.push((a, x, b, y));
+                }
+            }
         }
     }
     out
@@ -132,16 +159,7 @@ fn pairwise_cases() -> Vec<Case> {
         break;
     }
     let mut uncovered: std::collections::HashSet<(usize, usize, usize, usize)> =
-        std::collections::HashSet::new();
-    for a in 0..7 {
-        for b in a + 1..7 {
-            for x in 0..SIZES[a] {
-                for y in 0..SIZES[b] {
-                    uncovered.insert((a, x, b, y));
-                }
-            }
-        }
-    }
+        all_pairs().into_iter().collect();
     let mut chosen: Vec<Point> = Vec::new();
     while !uncovered.is_empty() {
         let best = all
@@ -162,17 +180,11 @@ fn pairwise_cases() -> Vec<Case> {
     }
     // Every pair of values across the dimensions is covered (none is impossible under the
     // constraints: causal needs Sq ≤ Skv, and each case stays within ~2²⁸ multiply-adds).
-    for a in 0..7 {
-        for b in a + 1..7 {
-            for x in 0..SIZES[a] {
-                for y in 0..SIZES[b] {
-                    assert!(
-                        chosen.iter().any(|p| p[a] == x && p[b] == y),
-                        "pair (dim {a} = value {x}, dim {b} = value {y}) not covered"
-                    );
-                }
-            }
-        }
+    for (a, x, b, y) in all_pairs() {
+        assert!(
+            chosen.iter().any(|p| p[a] == x && p[b] == y),
+            "pair (dimension {a} = its value #{x}, dimension {b} = its value #{y}) not covered"
+        );
     }
     let cases: Vec<Case> = chosen.into_iter().map(Case::of).collect();
     for c in &cases {
@@ -183,11 +195,11 @@ fn pairwise_cases() -> Vec<Case> {
 
 /// The attention graph of a case, and its attention node.
 fn graph(c: &Case) -> (Graph, NodeId) {
-    let (b, hq) = (c.batch(), c.ratio * HKV);
+    let (b, hq) = (c.batch(), c.ratio * c.hkv);
     let mut g = Graph::new();
     let q = g.input("q", [b, hq, c.sq, c.d], c.dtype);
-    let k = g.input("k", [b, HKV, c.skv, c.d], c.dtype);
-    let v = g.input("v", [b, HKV, c.skv, c.d], c.dtype);
+    let k = g.input("k", [b, c.hkv, c.skv, c.d], c.dtype);
+    let v = g.input("v", [b, c.hkv, c.skv, c.d], c.dtype);
     let len = c.padding.then(|| g.input("len", [b], DType::U32));
     let off = c.causal.then(|| Offset::Fixed(c.offset()));
     let scale = 1.0 / (c.d as f64).sqrt();
@@ -264,11 +276,43 @@ fn attention_pairwise_against_the_reference() {
     let devices = devices_under_test();
     let mut rng = Rng::new(160);
     for c in &cases {
-        let (b, hq) = (c.batch(), c.ratio * HKV);
-        let q = random(&mut rng, &[b, hq, c.sq, c.d], c.dtype, -QMAX, QMAX);
-        let k = random(&mut rng, &[b, HKV, c.skv, c.d], c.dtype, -KMAX, KMAX);
-        let v = random(&mut rng, &[b, HKV, c.skv, c.d], c.dtype, -1.0, 1.0);
-        let len = Tensor::new(&[b], c.lengths()[..b].to_vec()).expect("lengths");
+        check_case(c, &devices, &mut rng);
+    }
+}
+
+/// Many heads, long queries and 16-bit K/V: enough groups of query blocks that the CPU runs
+/// several blocks of a head together, sharing each widened K/V tile (the pairwise cases have 2
+/// KV heads, too few for that on many threads).
+#[test]
+fn sixteen_bit_kv_tiles_shared_by_query_blocks() {
+    let threads = polytensor::backend::cpu::default_threads();
+    let devices = devices_under_test();
+    let mut rng = Rng::new(165);
+    for (dtype, causal, padding) in [(DType::BF16, true, false), (DType::F16, false, true)] {
+        let c = Case {
+            sq: 300,
+            skv: 300,
+            d: 64,
+            ratio: 1,
+            causal,
+            padding,
+            dtype,
+            hkv: 4,
+            // 5 blocks of a head run as 2 sets: 8 sets per batch row, ≥ 4 per thread.
+            b: threads.div_ceil(2).max(2),
+        };
+        check_case(&c, &devices, &mut rng);
+    }
+}
+
+/// One case on every device against the f64 reference (computed once).
+fn check_case(c: &Case, devices: &[Device], rng: &mut Rng) {
+    {
+        let (b, hq) = (c.batch(), c.ratio * c.hkv);
+        let q = random(rng, &[b, hq, c.sq, c.d], c.dtype, -QMAX, QMAX);
+        let k = random(rng, &[b, c.hkv, c.skv, c.d], c.dtype, -KMAX, KMAX);
+        let v = random(rng, &[b, c.hkv, c.skv, c.d], c.dtype, -1.0, 1.0);
+        let len = Tensor::new(&[b], c.lengths()).expect("lengths");
         let (g, node) = graph(c);
         let mut inputs = vec![("q", &q), ("k", &k), ("v", &v)];
         if c.padding {
@@ -289,7 +333,7 @@ fn attention_pairwise_against_the_reference() {
             mag: mag[0].to_f64_vec(),
         };
         let keys = |r: usize| c.visible(r / (hq * c.sq), r % c.sq);
-        for device in &devices {
+        for device in devices {
             let what = format!("attention {c:?} on {}", device.info().name);
             if !runs_attention(device, &g, node, &what) {
                 continue;
@@ -510,7 +554,7 @@ fn kv_graph(len: usize, shape: [usize; 4], hq: usize, dtype: DType) -> (Graph, N
 
 #[test]
 fn kv_cache_prefill_then_decode_equals_one_full_run() {
-    let (b, hkv, ratio, d, n, m) = (2usize, 2usize, 3usize, 40usize, 7usize, 5usize);
+    let (b, hkv, ratio, d, n, m) = (2usize, 2usize, 3usize, 44usize, 7usize, 5usize);
     let hq = hkv * ratio;
     let total = n + m;
     let mut rng = Rng::new(164);

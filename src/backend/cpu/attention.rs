@@ -3,13 +3,22 @@
 //!
 //! The fast path is flash-style: a block of up to [`QB`] query rows (of one batch row and one
 //! key/value head, so GQA heads that share K and V read each tile once) walks the visible keys in
-//! tiles of [`KT`]; per tile it computes the scores transposed (keys × query rows, the query block
-//! transposed once and pre-scaled by `scale·log2 e`), masks the tile only where the causal or
-//! padding limit cuts it, skips tiles no row of the block sees, updates each row's running max and
-//! sum (an online softmax in base 2 with a finite sentinel, vectorised across rows), and adds
-//! `P·V` into the output rows. The two products are AVX2/FMA register-tiled kernels; 16-bit K and
-//! V are widened one tile at a time. Blocks run in parallel (rayon). Without AVX2 and FMA, a
-//! portable row-by-row online softmax does the same.
+//! tiles of [`KT`]. Per tile it
+//!
+//! - computes the scores transposed (keys × query rows, the query block transposed once and
+//!   pre-scaled by `scale·log2 e`) with a 6×16 AVX2/FMA register tile, skipping the register
+//!   tiles no row sees on the causal diagonal; a block of at most 4 rows (decode) instead takes
+//!   dot products of each key row with its rows, two keys at a time;
+//! - masks the tile only where the causal or padding limit cuts it, with a finite sentinel;
+//! - updates each row's running max and sum (an online softmax in base 2, a polynomial `exp2`,
+//!   vectorised across rows) and rescales the output rows;
+//! - adds `P·V` into the output rows (6×16 register tiles, or 3×24 / 2×32 for few rows), each row
+//!   group stopping at its last visible key.
+//!
+//! Tiles past every row's last key are never read. 16-bit Q is widened once per block and K and V
+//! once per tile, shared by up to 4 blocks of a head. Blocks run in parallel (rayon); when there
+//! are few blocks and many keys (decode), each block's keys are split too and the partial softmax
+//! states merged. Without AVX2 and FMA, a portable row-by-row online softmax does the same.
 
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
@@ -162,6 +171,7 @@ pub(crate) enum Kv<'a> {
 
 impl<'a> Kv<'a> {
     /// Elements `[start, start + len)` as f32: borrowed, or widened into `buf`.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn span<'b>(self, start: usize, len: usize, buf: &'b mut Vec<f32>) -> &'b [f32]
     where
         'a: 'b,
@@ -196,11 +206,14 @@ impl<'a> Kv<'a> {
 }
 
 /// Query rows per block (the columns of a score tile).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) const QB: usize = 64;
 /// Keys per tile.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) const KT: usize = 64;
 /// The finite "minus infinity" of masked scores and of a running max before any key
 /// (settled decision 1: kernels never materialise Inf).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const SENTINEL: f32 = -1.0e30;
 
 /// The fast path: `out` [B, Hq, Sq, D] in f32 (its capacity reused); q, k and v as stored.
@@ -222,11 +235,16 @@ pub(crate) fn fast(
     portable(g, &q.to_f32(), &k.to_f32(), &v.to_f32(), lengths, out);
 }
 
+/// A query block: its first row in its group, its row count, and its output rows.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+type BlockRows<'o> = (usize, usize, &'o mut [f32]);
+
 /// The blocks of one (batch row, key/value head) group, as (first row, rows). The group's rows
 /// are its `ratio` query heads' rows, head-major, which is also their order in the output, so a
 /// block's output is one contiguous slice. A head with many queries is cut into near-equal blocks
 /// of at most [`QB`] rows; short heads (decode) are packed several to a block, so the heads that
 /// share K and V read each tile once.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn blocks(sq: usize, ratio: usize) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     if sq == 0 || ratio == 0 {
@@ -263,6 +281,7 @@ fn tiled(g: &Geometry, q: Kv<'_>, k: Kv<'_>, v: Kv<'_>, lengths: Option<&[u32]>,
         return;
     }
     let blocks = blocks(g.sq, ratio);
+    let groups = g.b * g.hkv;
     let mut tasks: Vec<(usize, usize, usize, &mut [f32])> = Vec::new();
     for (grp, chunk) in out.chunks_mut(rows * d).enumerate() {
         let mut rest = chunk;
@@ -280,7 +299,7 @@ fn tiled(g: &Geometry, q: Kv<'_>, k: Kv<'_>, v: Kv<'_>, lengths: Option<&[u32]>,
     let splits = if tasks.len() < 2 * threads && g.keys >= 4 * KT {
         let most = g.keys / (2 * KT);
         let mut sp = (4 * threads).div_ceil(tasks.len().max(1));
-        while (sp * tasks.len()) % threads != 0 && sp < most {
+        while !(sp * tasks.len()).is_multiple_of(threads) && sp < most {
             sp += 1;
         }
         sp.min(most).max(1)
@@ -288,20 +307,49 @@ fn tiled(g: &Geometry, q: Kv<'_>, k: Kv<'_>, v: Kv<'_>, lengths: Option<&[u32]>,
         1
     };
     let chunk = g.keys.div_ceil(splits).next_multiple_of(KT);
-    tasks.into_par_iter().for_each(|(grp, r0, nr, o)| {
-        if splits == 1 {
-            // SAFETY: `fast` checked that the CPU has AVX2 and FMA.
-            unsafe { avx::block(g, q, k, v, lengths, (grp, r0, nr), (0, g.keys), true, o) };
-            return;
+    if splits == 1 {
+        // 16-bit K and V: blocks of one group run together, up to 4 at a time, so each tile is
+        // widened once for all of them, when that still leaves every thread several tasks.
+        let wide = !matches!(k, Kv::F32(_)) && !matches!(v, Kv::F32(_));
+        let per = if wide && blocks.len() > 1 && groups * blocks.len().div_ceil(4) >= 4 * threads {
+            4
+        } else {
+            1
+        };
+        let mut sets: Vec<(usize, Vec<BlockRows<'_>>)> = Vec::new();
+        for (grp, r0, nr, o) in tasks {
+            match sets.last_mut() {
+                Some((g0, list)) if *g0 == grp && list.len() < per => list.push((r0, nr, o)),
+                _ => sets.push((grp, vec![(r0, nr, o)])),
+            }
         }
+        sets.into_par_iter().for_each(|(grp, list)| {
+            // SAFETY: `fast` checked that the CPU has AVX2 and FMA.
+            unsafe { avx::blocks(g, q, k, v, lengths, grp, list, (0, g.keys), true) };
+        });
+        return;
+    }
+    tasks.into_par_iter().for_each(|(grp, r0, nr, o)| {
         let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..splits)
             .into_par_iter()
             .map(|sp| {
                 let mut po = vec![0f32; nr * d];
                 let keys = (sp * chunk, ((sp + 1) * chunk).min(g.keys));
                 // SAFETY: as above.
-                let (m, l) =
-                    unsafe { avx::block(g, q, k, v, lengths, (grp, r0, nr), keys, false, &mut po) };
+                let ml = unsafe {
+                    avx::blocks(
+                        g,
+                        q,
+                        k,
+                        v,
+                        lengths,
+                        grp,
+                        vec![(r0, nr, &mut po)],
+                        keys,
+                        false,
+                    )
+                };
+                let (m, l) = ml.into_iter().next().unwrap_or_default();
                 (po, m, l)
             })
             .collect();
@@ -418,13 +466,13 @@ mod avx {
 
     use std::arch::x86_64::*;
 
-    use super::{Geometry, KT, Kv, SENTINEL};
+    use super::{BlockRows, Geometry, KT, Kv, SENTINEL};
 
     /// Taylor coefficients of 2^f = e^(f ln 2) on |f| ≤ 1/2, degree 7: truncation ≤ 5.2e-9
     /// relative, below half an f32 ulp.
     const C: [f32; 8] = [
         1.0,
-        0.693_147_2,
+        std::f32::consts::LN_2,
         0.240_226_5,
         0.055_504_11,
         0.009_618_129,
@@ -519,14 +567,24 @@ mod avx {
 
     /// `s[j·w + c] = scores` for keys `0..n` of the tile and every column.
     #[target_feature(enable = "avx2,fma")]
-    fn scores(k: &[f32], n: usize, d: usize, qt: &[f32], w: usize, s: &mut [f32]) {
-        assert!(k.len() >= n * d && qt.len() >= d * w && s.len() >= n * w && w % 8 == 0);
+    ///
+    /// `need[g]`: how many of the tile's keys any column of the 8-column group `g` sees; a
+    /// register tile no column of which sees its first key is skipped (the causal diagonal),
+    /// its scores left for the mask to overwrite.
+    #[allow(clippy::too_many_arguments)]
+    fn scores(k: &[f32], n: usize, d: usize, qt: &[f32], w: usize, s: &mut [f32], need: &[usize]) {
+        assert!(k.len() >= n * d && qt.len() >= d * w && s.len() >= n * w && w.is_multiple_of(8));
+        assert!(need.len() >= w / 8);
         let mut j = 0;
         // SAFETY (all calls): the assert above bounds every row and column used.
         while j < n {
             let r = step(n - j);
             let mut c = 0;
             while c + 16 <= w {
+                if need[c / 8].max(need[c / 8 + 1]) <= j {
+                    c += 16;
+                    continue;
+                }
                 match r {
                     6 => unsafe { score_kernel::<6, 2>(k, j, d, qt, w, c, s) },
                     4 => unsafe { score_kernel::<4, 2>(k, j, d, qt, w, c, s) },
@@ -534,7 +592,7 @@ mod avx {
                 }
                 c += 16;
             }
-            if c < w {
+            if c < w && need[c / 8] > j {
                 match r {
                     6 => unsafe { score_kernel::<6, 1>(k, j, d, qt, w, c, s) },
                     4 => unsafe { score_kernel::<4, 1>(k, j, d, qt, w, c, s) },
@@ -542,6 +600,74 @@ mod avx {
                 }
             }
             j += r;
+        }
+    }
+
+    /// Query rows at most for [`scores_few`].
+    const FEW: usize = 4;
+
+    /// Scores for a block of at most [`FEW`] query rows (decode): `q` holds 4 rows of `d`
+    /// (row-major, zeros past the block), and each key row's dot products with them are summed
+    /// across lanes, two keys at a time, into columns 0..4 of `s` (the other columns stay as
+    /// they are: finite, and never read back).
+    #[target_feature(enable = "avx2,fma")]
+    fn scores_few(k: &[f32], n: usize, d: usize, q: &[f32], w: usize, s: &mut [f32]) {
+        assert!(k.len() >= n * d && q.len() >= FEW * d && s.len() >= n * w && w >= 8);
+        let dv = d / 8 * 8;
+        let (kp, qp, sp) = (k.as_ptr(), q.as_ptr(), s.as_mut_ptr());
+        let mut j = 0;
+        // SAFETY: the assert bounds every access: key rows j, j + 1 < n (the second only when it
+        // exists), lanes x + 8 ≤ dv ≤ d, query rows < 4, and 4 columns of rows j, j + 1 of `s`.
+        unsafe {
+            while j < n {
+                let two = j + 1 < n;
+                let mut acc = [[_mm256_setzero_ps(); FEW]; 2];
+                for x in (0..dv).step_by(8) {
+                    let mut qv = [_mm256_setzero_ps(); FEW];
+                    for (c, v) in qv.iter_mut().enumerate() {
+                        *v = _mm256_loadu_ps(qp.add(c * d + x));
+                    }
+                    let k0 = _mm256_loadu_ps(kp.add(j * d + x));
+                    let k1 = if two {
+                        _mm256_loadu_ps(kp.add((j + 1) * d + x))
+                    } else {
+                        _mm256_setzero_ps()
+                    };
+                    for c in 0..FEW {
+                        acc[0][c] = _mm256_fmadd_ps(k0, qv[c], acc[0][c]);
+                        acc[1][c] = _mm256_fmadd_ps(k1, qv[c], acc[1][c]);
+                    }
+                }
+                // Eight lane sums at once: [s(j, 0..4), s(j + 1, 0..4)].
+                let t0 = _mm256_hadd_ps(acc[0][0], acc[0][1]);
+                let t1 = _mm256_hadd_ps(acc[0][2], acc[0][3]);
+                let t2 = _mm256_hadd_ps(acc[1][0], acc[1][1]);
+                let t3 = _mm256_hadd_ps(acc[1][2], acc[1][3]);
+                let u0 = _mm256_hadd_ps(t0, t1);
+                let u1 = _mm256_hadd_ps(t2, t3);
+                let r = _mm256_add_ps(
+                    _mm256_permute2f128_ps::<0x20>(u0, u1),
+                    _mm256_permute2f128_ps::<0x31>(u0, u1),
+                );
+                let mut sums = [0f32; 8];
+                _mm256_storeu_ps(sums.as_mut_ptr(), r);
+                for x in dv..d {
+                    for c in 0..FEW {
+                        let qx = *qp.add(c * d + x);
+                        sums[c] += *kp.add(j * d + x) * qx;
+                        if two {
+                            sums[FEW + c] += *kp.add((j + 1) * d + x) * qx;
+                        }
+                    }
+                }
+                for c in 0..FEW {
+                    *sp.add(j * w + c) = sums[c];
+                    if two {
+                        *sp.add((j + 1) * w + c) = sums[FEW + c];
+                    }
+                }
+                j += 2;
+            }
         }
     }
 
@@ -606,8 +732,22 @@ mod avx {
 
     /// `o[c·d ..] += Σ_j p[j·w + c] · v[j·d ..]` for rows `c < rows`, keys `j < n`.
     #[target_feature(enable = "avx2,fma")]
-    fn pv(p: &[f32], n: usize, w: usize, rows: usize, v: &[f32], d: usize, o: &mut [f32]) {
+    ///
+    /// `keys[c]`: keys of the tile row `c` sees (its later probabilities are 0, so a register
+    /// tile of rows stops at its rows' last visible key).
+    #[allow(clippy::too_many_arguments)]
+    fn pv(
+        p: &[f32],
+        n: usize,
+        w: usize,
+        rows: usize,
+        v: &[f32],
+        d: usize,
+        o: &mut [f32],
+        keys: &[usize],
+    ) {
         assert!(p.len() >= n * w && rows <= w && v.len() >= n * d && o.len() >= rows * d);
+        assert!(keys.len() >= rows);
         // SAFETY (all calls): the assert above bounds every row and column used.
         let mut c = 0;
         while c < rows {
@@ -617,6 +757,7 @@ mod avx {
                 1..=3 => rows - c,
                 left => step(left),
             };
+            let n = keys[c..c + r].iter().copied().max().unwrap_or(0).min(n);
             let mut dd = 0;
             if r == 3 {
                 while dd + 24 <= d {
@@ -670,7 +811,7 @@ mod avx {
     #[target_feature(enable = "avx2,fma")]
     fn softmax(s: &mut [f32], n: usize, w: usize, m: &mut [f32], l: &mut [f32], alpha: &mut [f32]) {
         assert!(s.len() >= n * w && m.len() >= w && l.len() >= w && alpha.len() >= w);
-        assert!(w % 8 == 0);
+        assert!(w.is_multiple_of(8));
         let sp = s.as_mut_ptr();
         // SAFETY: the asserts bound every access (columns c..c + 8 ≤ w, rows < n).
         unsafe {
@@ -696,100 +837,182 @@ mod avx {
         }
     }
 
-    /// One block: `nr` rows from row `r0` of group `grp` (batch row × key/value head) over the
-    /// keys `keys.0..keys.1` into `o` (`nr × d`, zeros on entry). With `normalize`, `o` is the
-    /// output; without, it is the unnormalised partial sum of a key split, and the returned
-    /// running max (base 2) and sum per row let the caller merge the splits.
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn block(
-        g: &Geometry,
-        q: Kv<'_>,
-        k: Kv<'_>,
-        v: Kv<'_>,
-        lengths: Option<&[u32]>,
-        (grp, r0, nr): (usize, usize, usize),
-        keys: (usize, usize),
-        normalize: bool,
-        o: &mut [f32],
-    ) -> (Vec<f32>, Vec<f32>) {
-        let d = g.d;
-        let (mut m, mut l) = (vec![SENTINEL; nr], vec![0f32; nr]);
-        if d == 0 || nr == 0 {
-            return (m, l);
-        }
-        let (b, kvh) = (grp / g.hkv, grp % g.hkv);
-        let ratio = g.hq / g.hkv;
-        let w = nr.next_multiple_of(8);
-        // Visible keys per column (padding columns copy the block's widest row).
-        let mut nvis = vec![0usize; w];
-        for (c, n) in nvis.iter_mut().enumerate().take(nr) {
-            *n = g.visible(b, (r0 + c) % g.sq, lengths);
-        }
-        let nmax = nvis[..nr].iter().copied().max().unwrap_or(0);
-        let nmin = nvis[..nr].iter().copied().min().unwrap_or(0);
-        nvis[nr..].fill(nmax);
-        let end = nmax.min(keys.1);
-        if keys.0 >= end {
-            return (m, l);
-        }
-        // The query block transposed (d × w), scaled so scores are in base-2 exponent units.
-        let sl = (g.scale * std::f64::consts::LOG2_E) as f32;
-        let qbase = (b * g.hq + kvh * ratio) * g.sq * d;
-        let mut qt = vec![0f32; d * w];
-        let mut qbuf = Vec::new();
-        for c in 0..nr {
-            let row = span(q, qbase + (r0 + c) * d, d, &mut qbuf);
-            for (dd, &x) in row.iter().enumerate() {
-                qt[dd * w + c] = x * sl;
+    /// One query block's state across key tiles: `nr` rows of one group (batch row × key/value
+    /// head) whose output rows `o` (`nr × d`, zeros on entry) accumulate `P·V`.
+    struct Blk<'o> {
+        nr: usize,
+        w: usize,
+        few: bool,
+        /// Visible keys per column (padding columns copy the block's widest row).
+        nvis: Vec<usize>,
+        nmin: usize,
+        /// The block's last key read + 1 (within the key range).
+        end: usize,
+        /// The query block, scaled by `scale·log2 e`: transposed (d × w), or row-major for a
+        /// block of at most [`FEW`] rows.
+        qt: Vec<f32>,
+        s: Vec<f32>,
+        m: Vec<f32>,
+        l: Vec<f32>,
+        alpha: Vec<f32>,
+        tile_keys: Vec<usize>,
+        need: Vec<usize>,
+        o: &'o mut [f32],
+    }
+
+    impl<'o> Blk<'o> {
+        #[target_feature(enable = "avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        fn new(
+            g: &Geometry,
+            q: Kv<'_>,
+            lengths: Option<&[u32]>,
+            grp: usize,
+            r0: usize,
+            nr: usize,
+            key_end: usize,
+            o: &'o mut [f32],
+        ) -> Blk<'o> {
+            let d = g.d;
+            let (b, kvh) = (grp / g.hkv, grp % g.hkv);
+            let ratio = g.hq / g.hkv;
+            let w = nr.next_multiple_of(8);
+            let mut nvis = vec![0usize; w];
+            for (c, n) in nvis.iter_mut().enumerate().take(nr) {
+                *n = g.visible(b, (r0 + c) % g.sq, lengths);
+            }
+            let nmax = nvis[..nr].iter().copied().max().unwrap_or(0);
+            let nmin = nvis[..nr].iter().copied().min().unwrap_or(0);
+            nvis[nr..].fill(nmax);
+            let sl = (g.scale * std::f64::consts::LOG2_E) as f32;
+            let qbase = (b * g.hq + kvh * ratio) * g.sq * d;
+            let few = nr <= FEW;
+            let mut qt = vec![0f32; if few { FEW * d } else { d * w }];
+            let mut qbuf = Vec::new();
+            for c in 0..nr {
+                let row = span(q, qbase + (r0 + c) * d, d, &mut qbuf);
+                for (dd, &x) in row.iter().enumerate() {
+                    qt[if few { c * d + dd } else { dd * w + c }] = x * sl;
+                }
+            }
+            Blk {
+                nr,
+                w,
+                few,
+                nvis,
+                nmin,
+                end: nmax.min(key_end),
+                qt,
+                s: vec![0f32; KT * w],
+                m: vec![SENTINEL; w],
+                l: vec![0f32; w],
+                alpha: vec![0f32; w],
+                tile_keys: vec![0usize; w],
+                need: vec![0usize; w / 8],
+                o,
             }
         }
-        let kbase = (b * g.hkv + kvh) * g.skv * d;
-        let mut s = vec![0f32; KT * w];
-        m.resize(w, SENTINEL);
-        l.resize(w, 0.0);
-        let mut alpha = vec![0f32; w];
-        let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
-        let mut j0 = keys.0;
-        while j0 < end {
-            let n = KT.min(end - j0);
-            let kt = span(k, kbase + j0 * d, n * d, &mut kbuf);
-            scores(kt, n, d, &qt, w, &mut s);
-            if j0 + n > nmin {
+
+        /// Keys `j0..j0 + n` (`kt`, `vt`: their rows of K and V, `n × d`).
+        #[target_feature(enable = "avx2,fma")]
+        fn step(&mut self, d: usize, j0: usize, n: usize, kt: &[f32], vt: &[f32]) {
+            let (w, nr) = (self.w, self.nr);
+            // Keys of this tile each row sees, and each 8-column group's most.
+            for (t, &nv) in self.tile_keys.iter_mut().zip(&self.nvis) {
+                *t = nv.saturating_sub(j0).min(n);
+            }
+            for (nd, grp) in self.need.iter_mut().zip(self.tile_keys.chunks_exact(8)) {
+                *nd = grp.iter().copied().max().unwrap_or(0);
+            }
+            if self.few {
+                scores_few(kt, n, d, &self.qt, w, &mut self.s);
+            } else {
+                scores(kt, n, d, &self.qt, w, &mut self.s, &self.need);
+            }
+            if j0 + n > self.nmin {
                 // The causal diagonal or a padding limit cuts this tile.
-                for (c, &lim) in nvis.iter().enumerate() {
+                for (c, &lim) in self.nvis.iter().enumerate() {
                     for j in lim.saturating_sub(j0).min(n)..n {
-                        s[j * w + c] = SENTINEL;
+                        self.s[j * w + c] = SENTINEL;
                     }
                 }
             }
-            softmax(&mut s, n, w, &mut m, &mut l, &mut alpha);
-            for (row, &a) in o.chunks_exact_mut(d).zip(&alpha) {
+            softmax(&mut self.s, n, w, &mut self.m, &mut self.l, &mut self.alpha);
+            for (row, &a) in self.o.chunks_exact_mut(d).zip(&self.alpha) {
                 if a != 1.0 {
                     for x in row {
                         *x *= a;
                     }
                 }
             }
-            let vt = span(v, kbase + j0 * d, n * d, &mut vbuf);
-            pv(&s, n, w, nr, vt, d, o);
-            j0 += n;
+            pv(&self.s, n, w, nr, vt, d, self.o, &self.tile_keys);
         }
-        m.truncate(nr);
-        l.truncate(nr);
-        if normalize {
-            for ((row, &n), &sum) in o.chunks_exact_mut(d).zip(&nvis).zip(&l) {
-                if n == 0 || sum <= 0.0 {
-                    row.fill(0.0);
-                } else {
-                    let inv = 1.0 / sum;
-                    for x in row {
-                        *x *= inv;
+
+        /// Divides each row by its sum (zeros for a row that sees no key) when `normalize`;
+        /// returns the rows' running max (base 2) and sum.
+        fn finish(mut self, d: usize, normalize: bool) -> (Vec<f32>, Vec<f32>) {
+            self.m.truncate(self.nr);
+            self.l.truncate(self.nr);
+            if normalize {
+                for ((row, &n), &sum) in self.o.chunks_exact_mut(d).zip(&self.nvis).zip(&self.l) {
+                    if n == 0 || sum <= 0.0 {
+                        row.fill(0.0);
+                    } else {
+                        let inv = 1.0 / sum;
+                        for x in row {
+                            *x *= inv;
+                        }
                     }
                 }
             }
+            (self.m, self.l)
         }
-        (m, l)
+    }
+
+    /// Query blocks `(first row, rows, output rows)` of group `grp` over the keys
+    /// `keys.0..keys.1`: each K and V tile is widened once for all of them. With `normalize`,
+    /// the output rows are final; without, they are the unnormalised partial sums of a key
+    /// split, and the returned running max (base 2) and sum per row let the caller merge.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn blocks(
+        g: &Geometry,
+        q: Kv<'_>,
+        k: Kv<'_>,
+        v: Kv<'_>,
+        lengths: Option<&[u32]>,
+        grp: usize,
+        list: Vec<BlockRows<'_>>,
+        keys: (usize, usize),
+        normalize: bool,
+    ) -> Vec<(Vec<f32>, Vec<f32>)> {
+        let d = g.d;
+        if d == 0 {
+            return list
+                .iter()
+                .map(|&(_, nr, _)| (vec![SENTINEL; nr], vec![0f32; nr]))
+                .collect();
+        }
+        let mut blks: Vec<Blk<'_>> = list
+            .into_iter()
+            .map(|(r0, nr, o)| Blk::new(g, q, lengths, grp, r0, nr, keys.1, o))
+            .collect();
+        let end = blks.iter().map(|b| b.end).max().unwrap_or(0);
+        // Groups are batch-row-major, as K and V are: group `grp`'s rows start at grp·Skv.
+        let kbase = grp * g.skv * d;
+        let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
+        let mut j0 = keys.0;
+        while j0 < end {
+            let n = KT.min(end - j0);
+            let kt = span(k, kbase + j0 * d, n * d, &mut kbuf);
+            let vt = span(v, kbase + j0 * d, n * d, &mut vbuf);
+            for b in blks.iter_mut().filter(|b| j0 < b.end) {
+                let nb = n.min(b.end - j0);
+                b.step(d, j0, nb, &kt[..nb * d], &vt[..nb * d]);
+            }
+            j0 += n;
+        }
+        blks.into_iter().map(|b| b.finish(d, normalize)).collect()
     }
 
     /// Elements `[start, start + len)` of K or V as f32: f32 borrowed, bf16 widened here (a
