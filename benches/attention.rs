@@ -9,14 +9,20 @@
 //!   cycling over 30 distinct caches (≈ 94 MB f32, so they cannot sit in L3), each K and V byte
 //!   counted once; next to a plain multi-threaded copy of the same bytes. Goal: ≥ 50 % of the
 //!   copy's bandwidth.
+//! - KV append: one token ([1, 8, 1, 64] into K and into V, f32) written at a run-time position
+//!   that advances every step, into a cache of 2 × 64 MiB (32768 positions) and into one of
+//!   2 × 32 KiB (16 positions), on the CPU and on every wgpu adapter, through `Session::run`.
+//!   Goal (issue 16): the two cost the same within noise, and the run statistics' elements
+//!   written to states are the same (1024) for both.
 //!
 //! Run: `cargo bench --bench attention` (prints a summary table at the end; the % of peak uses
-//! `POLYTENSOR_PEAK_GFLOPS`, default 204.6 — PEERS.md's 2-core figure).
+//! `POLYTENSOR_PEAK_GFLOPS`, default 204.6 — PEERS.md's 2-core figure); `-- kv_append` for the
+//! KV append rows only.
 
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use polytensor::{DType, Device, Graph, Session, Tensor};
+use polytensor::{DType, Device, FallbackPolicy, Graph, Offset, Session, Tensor};
 use rayon::prelude::*;
 
 const H: usize = 8;
@@ -27,6 +33,13 @@ const DEC_HQ: usize = 9;
 const DEC_HKV: usize = 3;
 const DEC_LEN: usize = 2048;
 const DEC_CACHES: usize = 30;
+/// KV append: key/value heads and head dim of the appended token; positions of the big cache
+/// (2 × 64 MiB in f32) and of the small one (2 × 32 KiB).
+const KV_HKV: usize = 8;
+const KV_D: usize = 64;
+const KV_BIG: usize = 32768;
+const KV_SMALL: usize = 16;
+const KV_GROUP: &str = "kv_append_1token_8x64";
 
 fn data(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed;
@@ -250,6 +263,90 @@ fn bench_decode(c: &mut Criterion) {
     group.finish();
 }
 
+/// One device's KV append rows: its label in the criterion ids, its name, and the elements
+/// written to states by one step into the big and the small cache (`None`: it could not run).
+struct KvRow {
+    label: String,
+    name: String,
+    written: [Option<u64>; 2],
+}
+
+/// A 1-token append into K and V states of `len` positions at the run-time position `pos`.
+fn kv_append_graph(len: usize) -> Graph {
+    let mut g = Graph::new();
+    for (state, input) in [("k", "xk"), ("v", "xv")] {
+        g.state(state, [1, KV_HKV, len, KV_D], DType::F32);
+        let x = g.input(input, [1, KV_HKV, 1, KV_D], DType::F32);
+        g.write_state(state, x, 2, Offset::Sym("pos".into()))
+            .expect("write");
+    }
+    g
+}
+
+/// A session on `device` with K and V caches of `len` positions and the append compiled.
+fn kv_append_session(
+    device: &Device,
+    len: usize,
+) -> polytensor::Result<(Session, polytensor::Compiled)> {
+    let mut s = Session::new(device);
+    s.set_fallback(FallbackPolicy::Deny);
+    for name in ["k", "v"] {
+        s.create_state(name, &[1, KV_HKV, len, KV_D], DType::F32)?;
+    }
+    let p = s.compile(&kv_append_graph(len))?;
+    Ok((s, p))
+}
+
+fn bench_kv_append(c: &mut Criterion) -> Vec<KvRow> {
+    let mut group = c.benchmark_group(KV_GROUP);
+    group.sample_size(30);
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(2));
+    let xk = Tensor::new(&[1, KV_HKV, 1, KV_D], data(KV_HKV * KV_D, 20)).expect("xk");
+    let xv = Tensor::new(&[1, KV_HKV, 1, KV_D], data(KV_HKV * KV_D, 21)).expect("xv");
+    let mut rows = Vec::new();
+    for (i, device) in Device::list().into_iter().enumerate() {
+        let info = device.info();
+        let label = if info.backend == "wgpu" {
+            format!("wgpu{i}_{}", info.api.to_lowercase())
+        } else {
+            info.backend.clone()
+        };
+        let mut row = KvRow {
+            label: label.clone(),
+            name: info.name.clone(),
+            written: [None, None],
+        };
+        for (k, (size, len)) in [("big", KV_BIG), ("small", KV_SMALL)]
+            .into_iter()
+            .enumerate()
+        {
+            let (mut s, p) = match kv_append_session(&device, len) {
+                Ok(sp) => sp,
+                Err(e) => {
+                    eprintln!("kv append {size} on {}: {e}", info.name);
+                    continue;
+                }
+            };
+            // The position advances one row per step and wraps: a decode walking the cache.
+            let mut pos = 0;
+            let mut step = |s: &mut Session| {
+                pos = (pos + 1) % len;
+                s.run(&p, &[("xk", xk.view()), ("xv", xv.view())], &[("pos", pos)])
+                    .expect("append")
+            };
+            group.bench_function(BenchmarkId::new(&label, size), |bch| {
+                bch.iter(|| step(&mut s))
+            });
+            step(&mut s);
+            row.written[k] = Some(s.last_run_stats().state_elements_written);
+        }
+        rows.push(row);
+    }
+    group.finish();
+    rows
+}
+
 /// The median time in ns of one benchmark, from criterion's saved estimates.
 fn median_ns(group: &str, id: &str) -> Option<f64> {
     let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".to_string());
@@ -259,7 +356,7 @@ fn median_ns(group: &str, id: &str) -> Option<f64> {
     v["median"]["point_estimate"].as_f64()
 }
 
-fn summary() {
+fn summary(kv: &[KvRow]) {
     let peak: f64 = std::env::var("POLYTENSOR_PEAK_GFLOPS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -326,12 +423,38 @@ fn summary() {
         hot / 1e3,
         gbs(hot)
     );
+    println!(
+        "\nKV append: 1 token ([1, {KV_HKV}, 1, {KV_D}] into K and V, f32) at a run-time position, \
+         big cache 2 × {} MiB ({KV_BIG} positions), small 2 × {} KiB ({KV_SMALL}), median",
+        (KV_BIG * KV_HKV * KV_D * 4) >> 20,
+        (KV_SMALL * KV_HKV * KV_D * 4) >> 10
+    );
+    println!(
+        "| device | big µs | small µs | big / small (goal ≈ 1) | elements written big / small |"
+    );
+    println!("|---|---|---|---|---|");
+    let elems = |w: Option<u64>| w.map_or("—".to_string(), |n| n.to_string());
+    for r in kv {
+        let big = median_ns(KV_GROUP, &format!("{}/big", r.label)).unwrap_or(f64::NAN);
+        let small = median_ns(KV_GROUP, &format!("{}/small", r.label)).unwrap_or(f64::NAN);
+        println!(
+            "| {} ({}) | {:.1} | {:.1} | {:.2} | {} / {} |",
+            r.name,
+            r.label,
+            big / 1e3,
+            small / 1e3,
+            big / small,
+            elems(r.written[0]),
+            elems(r.written[1])
+        );
+    }
 }
 
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     bench_causal(&mut c);
     bench_decode(&mut c);
+    let kv = bench_kv_append(&mut c);
     c.final_summary();
-    summary();
+    summary(&kv);
 }

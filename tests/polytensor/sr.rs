@@ -519,3 +519,248 @@ fn constants_never_round_stochastically() {
         "the policy still rounds the computed nodes stochastically:\n{p}"
     );
 }
+
+/// One SR attention case: q `[b, hq, sq, d]`, k and v `[b, hkv, skv, d]`, optional causal
+/// query offset and key lengths.
+struct SrAttention {
+    b: usize,
+    hq: usize,
+    hkv: usize,
+    sq: usize,
+    skv: usize,
+    d: usize,
+    causal: bool,
+    lengths: Option<Vec<u32>>,
+}
+
+impl SrAttention {
+    /// The attention graph over q, k and v stored in `dtype`; the node rounds with `rounding`.
+    fn graph(&self, dtype: DType, rounding: Rounding) -> Graph {
+        let mut g = Graph::new();
+        let q = g.input("q", [self.b, self.hq, self.sq, self.d], dtype);
+        let k = g.input("k", [self.b, self.hkv, self.skv, self.d], dtype);
+        let v = g.input("v", [self.b, self.hkv, self.skv, self.d], dtype);
+        let len = self
+            .lengths
+            .as_ref()
+            .map(|_| g.input("len", [self.b], DType::U32));
+        let off = self.causal.then(|| Offset::Fixed(self.skv - self.sq));
+        let a = g
+            .attention(q, k, v, len, 1.0 / (self.d as f64).sqrt(), self.causal, off)
+            .expect("attention");
+        g.set_rounding(a, rounding).expect("rounding");
+        g.output("o", a).expect("out");
+        g
+    }
+}
+
+/// Elements where a device's SR store of its attention output differs from the CPU's SR of the
+/// same device's f32 output: `(mismatches, unexplained)`. A mismatch is explained when the SR of
+/// an f32 value within 4 ulps of the f32 output, with the same random bits, gives the stored
+/// bits: the 16-bit and f32 programs' f32 results may differ by rounding, never by more.
+fn sr_mismatches(dtype: DType, f32_out: &[f32], stored: &[u16], keys: [u32; 2]) -> (usize, usize) {
+    use polytensor::rng::sr_bits_keyed;
+    let (mut mismatches, mut unexplained) = (0, 0);
+    for (i, (&x, &got)) in f32_out.iter().zip(stored).enumerate() {
+        let r = sr_bits_keyed(keys, i as u32);
+        if sr(dtype, x, r) == got {
+            continue;
+        }
+        mismatches += 1;
+        let near = (-4i32..=4).any(|j| {
+            let y = f32::from_bits(x.to_bits().wrapping_add_signed(j));
+            x != 0.0 && y.is_finite() && y.signum() == x.signum() && sr(dtype, y, r) == got
+        });
+        unexplained += usize::from(!near);
+    }
+    (mismatches, unexplained)
+}
+
+#[test]
+fn sr_attention_stores_match_the_cpu_rounding_of_the_same_device() {
+    // Settled decision 8: `exp` is not correctly rounded in WGSL, so an SR attention store is
+    // compared with the CPU's SR (the public rng functions, by logical flat index, keys from
+    // `sr_keys(seed, stream, counter)`) applied to the same device's f32 attention output. The
+    // IR stores attention in q's dtype, so the 16-bit program reads 16-bit q, k and v and the
+    // f32 program reads the same values widened (exactly) to f32: the same kernel class, the
+    // same f32 arithmetic, only the loads and the store differ.
+    use polytensor::rng::sr_keys;
+    const STREAM: u32 = 21;
+    const SEED: u64 = 0x5eed;
+    const COUNTER: u64 = 7;
+    let cases = [
+        // Prefill blocks, GQA 3, causal at an offset, padding with an empty row.
+        SrAttention {
+            b: 2,
+            hq: 6,
+            hkv: 2,
+            sq: 17,
+            skv: 100,
+            d: 64,
+            causal: true,
+            lengths: Some(vec![100, 0]),
+        },
+        // Decode: one query row, many keys (the CPU splits the keys and merges).
+        SrAttention {
+            b: 1,
+            hq: 8,
+            hkv: 2,
+            sq: 1,
+            skv: 513,
+            d: 128,
+            causal: false,
+            lengths: None,
+        },
+        // An odd head dim, padding with different lengths.
+        SrAttention {
+            b: 2,
+            hq: 3,
+            hkv: 3,
+            sq: 33,
+            skv: 47,
+            d: 47,
+            causal: false,
+            lengths: Some(vec![47, 20]),
+        },
+        // The widest tile class.
+        SrAttention {
+            b: 1,
+            hq: 2,
+            hkv: 2,
+            sq: 9,
+            skv: 40,
+            d: 200,
+            causal: true,
+            lengths: None,
+        },
+    ];
+    let mut rng = Rng::new(44);
+    for device in devices_under_test() {
+        let name = device.info().name.clone();
+        for dtype in [DType::BF16, DType::F16] {
+            let (mut total, mut mismatched) = (0usize, 0usize);
+            for (ci, c) in cases.iter().enumerate() {
+                // q, k and v stored in `dtype`, and the same values in f32.
+                let mut make = |shape: &[usize], max: f32| {
+                    let n = shape.iter().product();
+                    let t = Tensor::from_f32(shape, rng.vec(n, -max, max), dtype).expect("x");
+                    let w = Tensor::new(shape, t.to_f32_vec()).expect("x f32");
+                    (t, w)
+                };
+                let (q16, q32) = make(&[c.b, c.hq, c.sq, c.d], 2.0);
+                let (k16, k32) = make(&[c.b, c.hkv, c.skv, c.d], 1.0);
+                let (v16, v32) = make(&[c.b, c.hkv, c.skv, c.d], 1.0);
+                let len = c
+                    .lengths
+                    .as_ref()
+                    .map(|l| Tensor::new(&[c.b], l.clone()).expect("lengths"));
+                let stochastic = Rounding::Stochastic { stream: STREAM };
+                let g16 = c.graph(dtype, stochastic);
+                let g32 = c.graph(DType::F32, Rounding::NearestEven);
+                let mut s = Session::new(&device);
+                s.set_fallback(FallbackPolicy::Deny);
+                let p16 = s.compile(&g16).expect("compile 16-bit");
+                let p32 = s.compile(&g32).expect("compile f32");
+                let run = |s: &mut Session,
+                           p: &polytensor::Compiled,
+                           q: &Tensor,
+                           k: &Tensor,
+                           v: &Tensor|
+                 -> Tensor {
+                    let mut ins = vec![("q", q.view()), ("k", k.view()), ("v", v.view())];
+                    if let Some(l) = &len {
+                        ins.push(("len", l.view()));
+                    }
+                    let out = s.run(p, &ins, &[]).expect("run");
+                    out.get("o").expect("o").clone()
+                };
+                let bits = |t: &Tensor| -> Vec<u16> {
+                    match dtype {
+                        DType::F16 => t
+                            .as_slice::<f16>()
+                            .expect("f16")
+                            .iter()
+                            .map(|x| x.to_bits())
+                            .collect(),
+                        _ => t
+                            .as_slice::<bf16>()
+                            .expect("bf16")
+                            .iter()
+                            .map(|x| x.to_bits())
+                            .collect(),
+                    }
+                };
+                let want = run(&mut s, &p32, &q32, &k32, &v32);
+                let want = want.as_slice::<f32>().expect("f32").to_vec();
+                s.set_seed(SEED, COUNTER);
+                let got = bits(&run(&mut s, &p16, &q16, &k16, &v16));
+                let what = format!("{name} {dtype} case {ci}");
+                assert_eq!(got.len(), want.len(), "{what}");
+                let (m, unexplained) =
+                    sr_mismatches(dtype, &want, &got, sr_keys(SEED, STREAM, COUNTER));
+                assert_eq!(
+                    unexplained,
+                    0,
+                    "{what}: {unexplained} of {} stored elements are not the CPU's SR of the \
+                     device's f32 output (nor of an f32 value within 4 ulps of it)",
+                    got.len()
+                );
+                total += got.len();
+                mismatched += m;
+                // SR happened: another seed draws other bits, and rounds some elements the
+                // other way.
+                s.set_seed(SEED + 1, COUNTER);
+                let other = bits(&run(&mut s, &p16, &q16, &k16, &v16));
+                let (m2, unexplained2) =
+                    sr_mismatches(dtype, &want, &other, sr_keys(SEED + 1, STREAM, COUNTER));
+                assert_eq!(unexplained2, 0, "{what}, seed + 1");
+                total += other.len();
+                mismatched += m2;
+                let flipped = got.iter().zip(&other).filter(|(a, b)| a != b).count();
+                assert!(
+                    flipped * 20 > got.len(),
+                    "{what}: a new seed changed only {flipped} of {} elements",
+                    got.len()
+                );
+                // Unbiased: the mean of 64 runs (the counter advances at each) is much closer
+                // to the f32 output than one run is (≈ 1/8 as far; RNE would stay at 1).
+                if ci == 0 {
+                    let runs = 64;
+                    let mut sum = vec![0f64; want.len()];
+                    let mut one_err = 0f64;
+                    for r in 0..runs {
+                        let o = run(&mut s, &p16, &q16, &k16, &v16);
+                        for (k, (a, &x)) in sum.iter_mut().zip(&o.to_f64_vec()).enumerate() {
+                            *a += x;
+                            if r == 0 {
+                                one_err += (x - f64::from(want[k])).abs();
+                            }
+                        }
+                    }
+                    let mean_err: f64 = sum
+                        .iter()
+                        .zip(&want)
+                        .map(|(a, &w)| (a / runs as f64 - f64::from(w)).abs())
+                        .sum();
+                    assert!(
+                        mean_err <= 0.5 * one_err,
+                        "{what}: the mean of {runs} SR runs is off by {mean_err:e} in total, \
+                         one run by {one_err:e}"
+                    );
+                }
+            }
+            // Both programs run the same kernel with the same f32 arithmetic: report how many
+            // stores the f32 results' rounding differences changed (expected 0).
+            let fraction = mismatched as f64 / total as f64;
+            eprintln!(
+                "{name} {dtype}: SR attention stores off the CPU's SR of the f32 output: \
+                 {mismatched} of {total} ({fraction:.2e})"
+            );
+            assert!(
+                fraction <= 1e-3,
+                "{name} {dtype}: {mismatched} of {total} stores differ from the CPU's SR of the \
+                 same device's f32 output"
+            );
+        }
+    }
+}
