@@ -8,7 +8,10 @@
 //! With `-- attention`: causal attention 1×8×512×64 (f32 and bf16 storage) as effective GFLOP/s
 //! over the unmasked half (269 MFLOP), next to our f32 matmul at n = 512 on the same adapter,
 //! timed in alternation in the same run (`POLYTENSOR_KERNELS=gpu` runs the GPU kernel class on
-//! lavapipe/llvmpipe).
+//! lavapipe/llvmpipe). Then decode: 1 query row, 9 query heads over 3 KV heads, D = 64, against a
+//! 2048-token f32 cache per layer, 30 layers in one run (each its own K and V session states,
+//! ≈ 94 MB, so they cannot sit in L3), as µs per layer and GB/s of K and V read, next to the CPU
+//! running the same program in the same run.
 //!
 //! Run: `cargo bench --bench gpu` (`-- 1024` for one size, `-- launch` for the launch-cost rows
 //! only; `POLYTENSOR_BENCH_SECS` per point).
@@ -304,6 +307,94 @@ fn attention_rows(gpus: &[Device], budget: Duration) {
     }
 }
 
+/// Decode: 30 layers' attention of one query row over their own 2048-token K/V states.
+fn decode_graph() -> Graph {
+    let mut g = Graph::new();
+    let q = g.input("q", [1, DEC_HQ, 1, 64], DType::F32);
+    for l in 0..DEC_LAYERS {
+        let shape = [1, DEC_HKV, DEC_LEN, 64];
+        let k = g.state(&format!("k{l}"), shape, DType::F32);
+        let v = g.state(&format!("v{l}"), shape, DType::F32);
+        let y = g
+            .attention(q, k, v, None, 0.125, false, None)
+            .expect("attention");
+        g.output(&format!("y{l}"), y).expect("output");
+    }
+    g
+}
+
+const DEC_HQ: usize = 9;
+const DEC_HKV: usize = 3;
+const DEC_LEN: usize = 2048;
+const DEC_LAYERS: usize = 30;
+
+/// The decode rows: every adapter and the CPU, timed in alternation.
+fn decode_rows(gpus: &[Device], budget: Duration) {
+    let per_layer = (2 * DEC_HKV * DEC_LEN * 64 * 4) as f64;
+    println!(
+        "\ndecode: 1 row, 9 q heads / 3 KV heads, {DEC_LEN} keys, D = 64, f32, {DEC_LAYERS} layers' \
+         caches per run (K and V bytes counted once)"
+    );
+    println!(
+        "| device | kernels | µs per layer | GB/s | CPU µs per layer (same run) | ratio to the CPU |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let g = decode_graph();
+    let q = Tensor::from_f32(&[1, DEC_HQ, 1, 64], data(DEC_HQ * 64, 7), DType::F32).expect("q");
+    let open = |device: &Device| {
+        let mut s = Session::new(device);
+        s.set_fallback(FallbackPolicy::Deny);
+        for l in 0..DEC_LAYERS {
+            for (kv, seed) in [("k", 2 * l), ("v", 2 * l + 1)] {
+                let name = format!("{kv}{l}");
+                let t = Tensor::from_f32(
+                    &[1, DEC_HKV, DEC_LEN, 64],
+                    data(DEC_HKV * DEC_LEN * 64, 100 + seed as u64),
+                    DType::F32,
+                )
+                .expect("cache");
+                s.create_state(&name, t.shape(), DType::F32).expect("state");
+                s.set_state(&name, t.view()).expect("set");
+            }
+        }
+        let p = s.compile(&g).expect("decode compile");
+        (s, p)
+    };
+    let (mut sc, pc) = open(&Device::cpu());
+    for device in gpus {
+        let (mut sg, pg) = open(device);
+        sg.run(&pg, &[("q", q.view())], &[]).expect("decode run");
+        let mut kernels: Vec<String> = sg
+            .last_run_stats()
+            .launches
+            .iter()
+            .take(2)
+            .map(|l| l.kernel.to_string())
+            .collect();
+        kernels.dedup();
+        let (mut fg, mut fc) = (
+            || {
+                sg.run(&pg, &[("q", q.view())], &[]).expect("decode run");
+            },
+            || {
+                sc.run(&pc, &[("q", q.view())], &[])
+                    .expect("cpu decode run");
+            },
+        );
+        let m = alternate(budget, &mut [&mut fg, &mut fc]);
+        let (tg, tc) = (m[0] / DEC_LAYERS as f64, m[1] / DEC_LAYERS as f64);
+        println!(
+            "| {} | {} | {:.1} | {:.2} | {:.1} | {:.2} |",
+            device.info().name,
+            kernels.join(" + "),
+            tg * 1e6,
+            per_layer / tg / 1e9,
+            tc * 1e6,
+            tc / tg
+        );
+    }
+}
+
 fn main() {
     let filter: Option<usize> = std::env::args().skip(1).find_map(|a| a.parse().ok());
     let launch_only = std::env::args().skip(1).any(|a| a == "launch");
@@ -326,6 +417,7 @@ fn main() {
     }
     if std::env::args().skip(1).any(|a| a == "attention") {
         attention_rows(&gpus, budget);
+        decode_rows(&gpus, budget);
         return;
     }
     let instance =

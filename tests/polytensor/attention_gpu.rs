@@ -268,3 +268,51 @@ fn attention_gpu_reading_past_the_keys_is_an_error() {
             .unwrap_or_else(|e| panic!("{name}: position 9: {e}"));
     }
 }
+
+/// Decode (at most 4 query rows per head) runs split-K: `attn_split` cuts the keys into chunks
+/// of at least 256, one workgroup per (chunk, head, batch row), and `attn_merge` combines the
+/// partial softmaxes. Chunks where a row sees no key (padding, the causal diagonal), GQA 8,
+/// every dtype and a 256-wide f32 head (4 words per invocation) against the reference; the run
+/// statistics show the two launches and the chunk count.
+#[test]
+fn attention_gpu_decode_runs_split_k() {
+    let cases = [
+        // 1500 of 2048 keys in batch row 0 (6 chunks of 256, the last one partly), none in row 1.
+        (
+            padded(causal(case(DType::F32, (2, 6, 2), 1, 2048, 64)), 1500),
+            8,
+        ),
+        (causal(case(DType::F16, (1, 16, 2), 4, 2048, 80)), 8),
+        (case(DType::BF16, (1, 3, 3), 2, 700, 256), 3),
+        (case(DType::F32, (1, 2, 2), 3, 300, 256), 2),
+        (case(DType::F16, (1, 4, 2), 1, 9000, 47), 29),
+    ];
+    for (n, (c, chunks)) in cases.iter().enumerate() {
+        check(c, 300 + n as u64);
+        let mut rng = Rng::new(1);
+        let (g, inputs) = build(c, &mut rng, false);
+        let views: Vec<(&str, polytensor::TensorView<'_>)> =
+            inputs.iter().map(|(n, t)| (*n, t.view())).collect();
+        for device in gpus() {
+            let mut s = polytensor::Session::new(&device);
+            s.set_fallback(polytensor::FallbackPolicy::Deny);
+            let p = s.compile(&g).expect("compile");
+            s.run(&p, &views, &[]).expect("run");
+            let launches: Vec<(String, [u32; 3])> = s
+                .last_run_stats()
+                .launches
+                .iter()
+                .map(|l| (l.kernel.to_string(), l.grid))
+                .collect();
+            let name = device.info().name.clone();
+            assert_eq!(launches.len(), 2, "{name}: {c:?}: {launches:?}");
+            assert_eq!(launches[0].0, "attention_split/attn_split", "{name}");
+            assert_eq!(launches[1].0, "attention_merge/attn_merge", "{name}");
+            assert_eq!(
+                launches[0].1,
+                [(chunks * c.hq * c.b) as u32, 1, 1],
+                "{name}: {c:?}: one workgroup per chunk, head and batch row"
+            );
+        }
+    }
+}

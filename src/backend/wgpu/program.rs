@@ -43,6 +43,8 @@ pub(super) enum Res {
     Node(usize),
     /// A session state by name.
     State(String),
+    /// Buffer `b` of the program (a node's scratch).
+    Buf(usize),
 }
 
 /// One planned launch, ready to bind and dispatch.
@@ -223,6 +225,20 @@ impl WgpuProgram {
                 }
             }
             let planned = kernels::plan(&view(graph, i, &maxima), &class)?;
+            // The node's scratch, if it asks for one: allocated after its output (never the
+            // same buffer), given back after the node.
+            let scratch_bytes = planned
+                .iter()
+                .flat_map(|l| &l.bindings)
+                .filter_map(|b| match b.buf {
+                    Buf::Scratch(bytes) => Some(bytes),
+                    _ => None,
+                })
+                .max();
+            let scratch = match scratch_bytes {
+                Some(bytes) => Some(pool.alloc(&ctx, bytes.max(4))?),
+                None => None,
+            };
             let first = launches.len();
             for l in planned {
                 let sig: Signature = l.bindings.iter().map(|b| b.read_only).collect();
@@ -248,6 +264,7 @@ impl WgpuProgram {
                             Buf::Operand(k) => Res::Node(node.inputs[*k].0),
                             Buf::Out => Res::Node(i),
                             Buf::State(name) => Res::State(name.clone()),
+                            Buf::Scratch(_) => Res::Buf(scratch.unwrap_or(usize::MAX)),
                         };
                         (res, b.range)
                     })
@@ -269,6 +286,9 @@ impl WgpuProgram {
             }
             if let Some(name) = snapshot {
                 steps.push(Step::Snapshot { node: i, name });
+            }
+            if let Some(b) = scratch {
+                pool.release(b);
             }
             // Operands whose last reader is this node give their buffers back (after this
             // node's output was allocated, so a kernel never reads and writes one buffer).

@@ -43,6 +43,9 @@ impl WgpuProgram {
     fn buffer<'a>(&'a self, res: &Res, args: &RunArgs<'a>) -> Result<&'a wgpu::Buffer> {
         match res {
             Res::State(name) => self.session_buffer(args.states, "state", name),
+            Res::Buf(b) => self.bufs.get(*b).ok_or_else(|| {
+                Error::InvalidGraph(format!("scratch buffer {b} of {} missing", self.bufs.len()))
+            }),
             Res::Node(i) => match &self.slots[*i] {
                 Slot::Buf(b) => Ok(&self.bufs[*b]),
                 Slot::Weight(name) => self.session_buffer(args.weights, "weight", name),

@@ -36,6 +36,32 @@ pub(crate) static SHADER: Shader = Shader {
     subgroups: false,
 };
 
+/// `attn_split` (attention_split.wgsl): split-K decode, partial softmaxes into a scratch buffer.
+pub(crate) static SPLIT: Shader = Shader {
+    name: "attention_split",
+    parts: &[
+        PRELUDE,
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/shaders/attention_split.wgsl"
+        )),
+    ],
+    subgroups: false,
+};
+
+/// `attn_merge` (attention_merge.wgsl): the partials of each row combined into the output.
+pub(crate) static MERGE: Shader = Shader {
+    name: "attention_merge",
+    parts: &[
+        PRELUDE,
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/shaders/attention_merge.wgsl"
+        )),
+    ],
+    subgroups: false,
+};
+
 /// The largest head dim the kernels take (the CPU runs larger ones).
 pub(crate) const MAX_D: usize = 256;
 /// Query rows per workgroup of `attn_rows`.
@@ -65,6 +91,96 @@ pub(crate) struct AttentionParams {
     ka: u32,
     kb: u32,
     pad: [u32; 3],
+}
+
+/// attention_split.wgsl's `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct SplitParams {
+    hq: u32,
+    hkv: u32,
+    sq: u32,
+    skv: u32,
+    d: u32,
+    in_pitch: u32,
+    out_pitch: u32,
+    keys: u32,
+    off: u32,
+    causal: u32,
+    padding: u32,
+    scale: f32,
+    splits: u32,
+    chunk: u32,
+    blocks: u32,
+    row_groups: u32,
+    ka: u32,
+    kb: u32,
+    pad: [u32; 2],
+}
+
+/// attention_merge.wgsl's `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct MergeParams {
+    d: u32,
+    out_pitch: u32,
+    splits: u32,
+    words: u32,
+    row_groups: u32,
+    ka: u32,
+    kb: u32,
+    pad: u32,
+}
+
+/// Split-K decode (attention_split.wgsl): query rows per head it takes (its `SQMAX`), its
+/// workgroup size and keys per tile (`GS`), the most key chunks per head, and the fewest keys per
+/// chunk (below that, another chunk costs more in its fixed work than it gains).
+const SPLIT_SQ: usize = 4;
+const SPLIT_GS: usize = 64;
+const MAX_SPLITS: usize = 32;
+const MIN_CHUNK: usize = 256;
+
+/// Scratch bytes of split-K decode for q `[B, Hq, Sq, D]` (at the symbols' maxima), when the node
+/// takes it: at most `SPLIT_SQ` query rows per head (decode and short appends), and the
+/// partials of `MAX_SPLITS` chunks within one binding.
+fn split_scratch(q: &[usize], class: &Class) -> Option<u64> {
+    let [b, hq, sq, d] = *q else {
+        return None;
+    };
+    // attention_split.wgsl's workgroup: 64 invocations, 5 KiB of workgroup memory.
+    if class.cpu
+        || sq > SPLIT_SQ
+        || d > MAX_D
+        || class.workgroup_bytes < 5120
+        || class.max_invocations < 64
+    {
+        return None;
+    }
+    let bytes = (b * hq * sq * MAX_SPLITS * (d + 2) * 4) as u64;
+    (bytes <= class.binding_limit).then_some(bytes)
+}
+
+/// Key chunks of a split-K run over `keys` keys: (chunks, keys per chunk, a multiple of the tile).
+fn split_chunks(keys: usize) -> (usize, usize) {
+    let splits = keys.div_ceil(MIN_CHUNK).clamp(1, MAX_SPLITS);
+    let chunk = keys.div_ceil(splits).div_ceil(SPLIT_GS).max(1) * SPLIT_GS;
+    (keys.div_ceil(chunk).max(1), chunk)
+}
+
+fn split_key(x: DType) -> PipelineKey {
+    PipelineKey {
+        shader: &SPLIT,
+        entry: "attn_split",
+        constants: vec![("DT_IN", code(x))],
+    }
+}
+
+fn merge_key(out: DType, sr: bool) -> PipelineKey {
+    PipelineKey {
+        shader: &MERGE,
+        entry: "attn_merge",
+        constants: vec![("DT_OUT", code(out)), ("ROUND", super::round_code(out, sr))],
+    }
 }
 
 /// A tile class of `attn_tiles`: head dims up to `dmax`, `bq` query rows per workgroup (dividing
@@ -200,6 +316,27 @@ pub(super) fn plan(node: &NodeView<'_>, class: &Class) -> Result<Vec<Launch>> {
         )));
     };
     let (x, q) = node.input(0);
+    let lengths = Buf::Operand(if *padding { 3 } else { 0 });
+    if let Some(bytes) = split_scratch(q, class) {
+        return Ok(vec![
+            Launch {
+                keys: vec![split_key(x)],
+                params_size: std::mem::size_of::<SplitParams>() as u64,
+                bindings: vec![
+                    Binding::read(Buf::Operand(0)),
+                    Binding::read(Buf::Operand(1)),
+                    Binding::read(Buf::Operand(2)),
+                    Binding::read(lengths),
+                    Binding::write(Buf::Scratch(bytes)),
+                ],
+            },
+            Launch {
+                keys: vec![merge_key(node.dtype, node.sr())],
+                params_size: std::mem::size_of::<MergeParams>() as u64,
+                bindings: vec![Binding::read(Buf::Scratch(bytes)), Binding::write(Buf::Out)],
+            },
+        ]);
+    }
     let d = q.get(3).copied().unwrap_or(0);
     Ok(vec![Launch {
         keys: vec![key(tiles_for(class, d), x, node.dtype, node.sr())],
@@ -208,19 +345,83 @@ pub(super) fn plan(node: &NodeView<'_>, class: &Class) -> Result<Vec<Launch>> {
             Binding::read(Buf::Operand(0)),
             Binding::read(Buf::Operand(1)),
             Binding::read(Buf::Operand(2)),
-            Binding::read(Buf::Operand(if *padding { 3 } else { 0 })),
+            Binding::read(lengths),
             Binding::write(Buf::Out),
         ],
     }])
 }
 
-pub(super) fn bind(node: &NodeView<'_>, class: &Class, run: &RunValues<'_>) -> Result<Go> {
+/// One `Go` per planned launch: two for split-K decode (the plan chose it), else one.
+pub(super) fn bind(
+    node: &NodeView<'_>,
+    class: &Class,
+    launches: usize,
+    run: &RunValues<'_>,
+) -> Result<Vec<Go>> {
     let ((xd, q), (_, k)) = (node.input(0), node.input(1));
     // The same checks as the CPU (keys read past Skv is an Err), before anything is skipped.
     let g = Geometry::new(node.op, q, k, run.bindings)?;
     if super::count(node.shape) == 0 {
-        return Ok(Go::Skip);
+        return Ok((0..launches).map(|_| Go::Skip).collect());
     }
+    let padding = u32::from(matches!(node.op, Op::Attention { padding: true, .. }));
+    let in_pitch = geometry(xd, q).1 as u32;
+    let out_pitch = geometry(node.dtype, node.shape).1 as u32;
+    if launches == 2 {
+        let (splits, chunk) = split_chunks(g.keys);
+        let blocks = u32::try_from(splits * g.hq * g.b).map_err(|_| Error::InvalidArgument {
+            op: "attention",
+            msg: format!(
+                "{splits} key chunks of {} heads over the dispatch limit",
+                g.hq * g.b
+            ),
+        })?;
+        let (grid, row_groups) = fold(blocks);
+        let p = SplitParams {
+            hq: g.hq as u32,
+            hkv: g.hkv as u32,
+            sq: g.sq as u32,
+            skv: g.skv as u32,
+            d: g.d as u32,
+            in_pitch,
+            out_pitch,
+            keys: g.keys as u32,
+            off: g.off as u32,
+            causal: u32::from(g.causal),
+            padding,
+            scale: g.scale as f32,
+            splits: splits as u32,
+            chunk: chunk as u32,
+            blocks,
+            row_groups,
+            ka: run.keys[0],
+            kb: run.keys[1],
+            pad: [0; 2],
+        };
+        let words = super::words_of(node.dtype, node.shape);
+        let (mgrid, per_row) = super::grid_of(words, 256);
+        let m = MergeParams {
+            d: g.d as u32,
+            out_pitch,
+            splits: splits as u32,
+            words,
+            row_groups: per_row,
+            ka: run.keys[0],
+            kb: run.keys[1],
+            pad: 0,
+        };
+        return Ok(vec![Go::new(0, &p, grid), Go::new(0, &m, mgrid)]);
+    }
+    one(class, run, &g, (in_pitch, out_pitch, padding)).map(|g| vec![g])
+}
+
+/// The one launch of the single-kernel classes.
+fn one(
+    class: &Class,
+    run: &RunValues<'_>,
+    g: &Geometry,
+    (in_pitch, out_pitch, padding): (u32, u32, u32),
+) -> Result<Go> {
     let tiles = tiles_for(class, g.d);
     let bq = tiles.map_or(SWG, |t| t.bq);
     let qblocks = g.sq.div_ceil(bq as usize);
@@ -236,12 +437,12 @@ pub(super) fn bind(node: &NodeView<'_>, class: &Class, run: &RunValues<'_>) -> R
         sq: g.sq as u32,
         skv: g.skv as u32,
         d: g.d as u32,
-        in_pitch: geometry(xd, q).1 as u32,
-        out_pitch: geometry(node.dtype, node.shape).1 as u32,
+        in_pitch,
+        out_pitch,
         keys: g.keys as u32,
         off: g.off as u32,
         causal: u32::from(g.causal),
-        padding: u32::from(matches!(node.op, Op::Attention { padding: true, .. })),
+        padding,
         scale: g.scale as f32,
         qblocks: qblocks as u32,
         blocks,

@@ -58,6 +58,9 @@ pub(crate) enum Buf {
     Out,
     /// A session state, by name (written in place).
     State(String),
+    /// A scratch buffer of this many bytes, private to the node: every launch of the node that
+    /// names it gets the same buffer (one launch writes partial results, a later one reads them).
+    Scratch(u64),
 }
 
 /// One storage binding of a launch: binding `i` of the list is `@binding(i)` in the WGSL, and
@@ -232,7 +235,7 @@ pub(crate) fn bind(
         | Op::Slice { .. }
         | Op::Concat { .. }
         | Op::Gather => movement::bind(node, class, launches),
-        Op::Attention { .. } => attention::bind(node, class, run).map(|g| vec![g]),
+        Op::Attention { .. } => attention::bind(node, class, launches, run),
     }
 }
 
