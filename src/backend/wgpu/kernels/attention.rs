@@ -24,16 +24,48 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ir::Op;
 
+const COMMON: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/shaders/attention_common.wgsl"
+));
+const UNITS: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/shaders/attention_cpu.wgsl"
+));
+
 pub(crate) static SHADER: Shader = Shader {
     name: "attention",
     parts: &[
         PRELUDE,
+        COMMON,
         include_str!(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/shaders/attention.wgsl"
         )),
     ],
     subgroups: false,
+};
+
+/// `attn_v4` (attention_cpu.wgsl).
+pub(crate) static VECTORISED: Shader = Shader {
+    name: "attention_cpu",
+    parts: &[PRELUDE, COMMON, UNITS],
+    subgroups: false,
+};
+
+/// `attn_sg` (attention_sg.wgsl, after attention_cpu.wgsl's helpers).
+pub(crate) static SUBGROUP: Shader = Shader {
+    name: "attention_sg",
+    parts: &[
+        PRELUDE,
+        COMMON,
+        UNITS,
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/shaders/attention_sg.wgsl"
+        )),
+    ],
+    subgroups: true,
 };
 
 /// The largest head dim the kernels take (the CPU runs larger ones).
@@ -107,19 +139,73 @@ impl Tiles {
     }
 }
 
-/// Which kernel a node runs: `None` is `attn_rows`.
-fn tiles_for(class: &Class, d: usize) -> Option<Tiles> {
-    if class.cpu { None } else { Tiles::for_dim(d) }
+/// Query rows per invocation of `attn_v4` and `attn_sg` (their `RW`), each a workgroup of 8
+/// invocations (`LANES`).
+const V4_ROWS: u32 = 4;
+const SG_ROWS: u32 = 2;
+/// attention_cpu.wgsl's `LANES`: units per slab, invocations per workgroup.
+const LANES: u32 = 8;
+
+/// The kernel a node runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernel {
+    /// `attn_rows`: CPU-emulated adapters, any head dim.
+    Rows,
+    /// `attn_tiles`: GPUs.
+    Tiles(Tiles),
+    /// `attn_v4`: CPU-emulated adapters, head dims of whole 16-byte units (`slabs` slabs of 8).
+    Units { slabs: u32 },
+    /// `attn_sg`: the same with 8-wide subgroups.
+    Subgroup { slabs: u32 },
 }
 
-fn key(tiles: Option<Tiles>, x: DType, out: DType, sr: bool) -> PipelineKey {
+impl Kernel {
+    /// Query rows per workgroup.
+    fn block_rows(self) -> u32 {
+        match self {
+            Kernel::Rows => SWG,
+            Kernel::Tiles(t) => t.bq,
+            Kernel::Units { .. } => LANES * V4_ROWS,
+            Kernel::Subgroup { .. } => LANES * SG_ROWS,
+        }
+    }
+}
+
+/// Elements of dtype `x` in one 16-byte unit.
+fn unit_elems(x: DType) -> usize {
+    16 / x.size_of()
+}
+
+/// Slabs of 8 units holding head dim `d` of dtype `x`, when its rows are whole units.
+fn unit_slabs(x: DType, d: usize) -> Option<u32> {
+    let e = unit_elems(x);
+    (d > 0 && d % e == 0 && d <= MAX_D).then(|| (d / e).div_ceil(LANES as usize) as u32)
+}
+
+/// The kernel of a node: on CPU-emulated adapters `attn_sg` where subgroups are exactly 8 wide
+/// and the head dim is whole 16-byte units (and the output has the input's dtype), `attn_v4`
+/// for such head dims elsewhere, else `attn_rows` (measured: see the module docs); the tiles on
+/// GPUs. The head dim is fixed (the graph builder insists), so compile and every run agree and
+/// one pipeline is built.
+fn kernel_for(class: &Class, x: DType, out: DType, d: usize) -> Option<Kernel> {
+    if !class.cpu {
+        return Tiles::for_dim(d).map(Kernel::Tiles);
+    }
+    Some(match unit_slabs(x, d).filter(|_| x == out) {
+        Some(slabs) if class.subgroups == Some((8, 8)) => Kernel::Subgroup { slabs },
+        Some(slabs) => Kernel::Units { slabs },
+        None => Kernel::Rows,
+    })
+}
+
+fn key(kernel: Kernel, x: DType, out: DType, sr: bool) -> PipelineKey {
     let mut constants = vec![
         ("DT_IN", code(x)),
         ("DT_OUT", code(out)),
         ("ROUND", super::round_code(out, sr)),
     ];
-    match tiles {
-        None => {
+    match kernel {
+        Kernel::Rows => {
             constants.push(("SWG", SWG));
             PipelineKey {
                 shader: &SHADER,
@@ -127,7 +213,7 @@ fn key(tiles: Option<Tiles>, x: DType, out: DType, sr: bool) -> PipelineKey {
                 constants,
             }
         }
-        Some(t) => {
+        Kernel::Tiles(t) => {
             constants.extend([
                 ("BQ", t.bq),
                 ("BK", t.bk),
@@ -142,16 +228,37 @@ fn key(tiles: Option<Tiles>, x: DType, out: DType, sr: bool) -> PipelineKey {
                 constants,
             }
         }
+        Kernel::Units { slabs } => {
+            constants.extend([("NSLAB", slabs), ("RW", V4_ROWS)]);
+            PipelineKey {
+                shader: &VECTORISED,
+                entry: "attn_v4",
+                constants,
+            }
+        }
+        Kernel::Subgroup { slabs } => {
+            constants.extend([("NSLAB", slabs), ("RW", SG_ROWS)]);
+            PipelineKey {
+                shader: &SUBGROUP,
+                entry: "attn_sg",
+                constants,
+            }
+        }
     }
 }
 
 pub(super) fn all_keys() -> Vec<PipelineKey> {
     let mut keys = Vec::new();
     for sr in [false, true] {
-        for d in DType::FLOATS {
-            keys.push(key(None, d, d, sr));
+        for x in DType::FLOATS {
+            keys.push(key(Kernel::Rows, x, x, sr));
             for t in TILES {
-                keys.push(key(Some(t), d, d, sr));
+                keys.push(key(Kernel::Tiles(t), x, x, sr));
+            }
+            let most = unit_slabs(x, MAX_D).unwrap_or(0);
+            for slabs in 1..=most {
+                keys.push(key(Kernel::Units { slabs }, x, x, sr));
+                keys.push(key(Kernel::Subgroup { slabs }, x, x, sr));
             }
         }
     }
@@ -169,7 +276,7 @@ pub(super) fn supports(node: &NodeView<'_>, class: &Class) -> std::result::Resul
             "head dim {d} over the attention kernels' maximum {MAX_D}"
         ));
     }
-    if let Some(t) = tiles_for(class, d)
+    if let Some(t) = (!class.cpu).then(|| Tiles::for_dim(d)).flatten()
         && (t.workgroup_bytes() > class.workgroup_bytes || GWG > class.max_invocations)
     {
         return Err(format!(
@@ -201,8 +308,10 @@ pub(super) fn plan(node: &NodeView<'_>, class: &Class) -> Result<Vec<Launch>> {
     };
     let (x, q) = node.input(0);
     let d = q.get(3).copied().unwrap_or(0);
+    let kernel = kernel_for(class, x, node.dtype, d)
+        .ok_or_else(|| Error::InvalidGraph(format!("attention head dim {d} has no kernel")))?;
     Ok(vec![Launch {
-        keys: vec![key(tiles_for(class, d), x, node.dtype, node.sr())],
+        keys: vec![key(kernel, x, node.dtype, node.sr())],
         params_size: std::mem::size_of::<AttentionParams>() as u64,
         bindings: vec![
             Binding::read(Buf::Operand(0)),
@@ -221,9 +330,16 @@ pub(super) fn bind(node: &NodeView<'_>, class: &Class, run: &RunValues<'_>) -> R
     if super::count(node.shape) == 0 {
         return Ok(Go::Skip);
     }
-    let tiles = tiles_for(class, g.d);
-    let bq = tiles.map_or(SWG, |t| t.bq);
-    let qblocks = g.sq.div_ceil(bq as usize);
+    let Some(kernel) = kernel_for(class, xd, node.dtype, g.d) else {
+        return Err(Error::InvalidGraph(format!(
+            "attention head dim {} has no kernel",
+            g.d
+        )));
+    };
+    let in_pitch = geometry(xd, q).1;
+    // Whole units are an even count of elements: the pitch is the head dim.
+    debug_assert!(matches!(kernel, Kernel::Rows | Kernel::Tiles(_)) || in_pitch == g.d);
+    let qblocks = g.sq.div_ceil(kernel.block_rows() as usize);
     let blocks = qblocks * g.hq * g.b;
     let blocks = u32::try_from(blocks).map_err(|_| Error::InvalidArgument {
         op: "attention",
@@ -236,7 +352,7 @@ pub(super) fn bind(node: &NodeView<'_>, class: &Class, run: &RunValues<'_>) -> R
         sq: g.sq as u32,
         skv: g.skv as u32,
         d: g.d as u32,
-        in_pitch: geometry(xd, q).1 as u32,
+        in_pitch: in_pitch as u32,
         out_pitch: geometry(node.dtype, node.shape).1 as u32,
         keys: g.keys as u32,
         off: g.off as u32,
