@@ -25,7 +25,7 @@ struct Params {
     row_groups: u32,         // workgroups per dispatch row
     ka: u32,                 // stochastic-rounding keys of this node and run
     kb: u32,
-    _p0: u32,
+    step: u32,               // attention_cpu.wgsl: keys per online-softmax step (its CK)
     _p1: u32,
     _p2: u32,
 }

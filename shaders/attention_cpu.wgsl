@@ -259,7 +259,9 @@ fn attn_v4(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) 
     let du = P.d / epu();
     load_q(b, h, blk.z, lid.x, du);
     for (var j0 = 0u; j0 < nmax; j0 += CK) {
-        for (var jj = 0u; jj < CK; jj++) {
+        // P.step is CK, but a run-time value: the step's key loops stay rolled (unrolled, a
+        // large head dim's kernel takes seconds to compile there).
+        for (var jj = 0u; jj < P.step; jj++) {
             let j = j0 + jj;
             let base = (kv0 + min(j, nmax - 1u)) * du;
             scores_begin();
@@ -267,7 +269,7 @@ fn attn_v4(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) 
             scores_end(jj, j);
         }
         softmax_step(j0);
-        for (var jj = 0u; jj < CK; jj++) {
+        for (var jj = 0u; jj < P.step; jj++) {
             slabs(OP_PV, jj, (kv0 + min(j0 + jj, nmax - 1u)) * du, du);
         }
     }

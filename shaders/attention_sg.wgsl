@@ -107,7 +107,9 @@ fn attn_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_i
     let du = P.d / epu();
     load_q(b, h, blk.z, lane, du);
     for (var j0 = 0u; j0 < nmax; j0 += CK) {
-        for (var jj = 0u; jj < CK; jj++) {
+        // P.step is CK, but a run-time value: the step's key loops stay rolled (unrolled, a
+        // large head dim's kernel takes seconds to compile there).
+        for (var jj = 0u; jj < P.step; jj++) {
             let j = j0 + jj;
             let base = (kv0 + min(j, nmax - 1u)) * du;
             scores_begin();
@@ -115,7 +117,7 @@ fn attn_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_i
             scores_end(jj, j);
         }
         softmax_step(j0);
-        for (var jj = 0u; jj < CK; jj++) {
+        for (var jj = 0u; jj < P.step; jj++) {
             slabs_sg(true, jj, (kv0 + min(j0 + jj, nmax - 1u)) * du, du, lane);
         }
     }

@@ -96,7 +96,9 @@ pub(crate) struct AttentionParams {
     row_groups: u32,
     ka: u32,
     kb: u32,
-    pad: [u32; 3],
+    /// attention_cpu.wgsl's keys per softmax step (its `CK`), passed at run time.
+    step: u32,
+    pad: [u32; 2],
 }
 
 /// A tile class of `attn_tiles`: head dims up to `dmax`, `bq` query rows per workgroup (dividing
@@ -145,6 +147,12 @@ const V4_ROWS: u32 = 4;
 const SG_ROWS: u32 = 2;
 /// attention_cpu.wgsl's `LANES`: units per slab, invocations per workgroup.
 const LANES: u32 = 8;
+/// The most slabs `attn_v4` takes (f32 D ≤ 128; every 16-bit D ≤ 256): llvmpipe's GL compiler
+/// needs over 4 s for 8 (cold cache, one core), and wgpu's GL backend holds its context lock
+/// (6 s timeout, then a panic in other threads) while compiling.
+const V4_MAX_SLABS: u32 = 4;
+/// attention_cpu.wgsl's `CK`.
+const STEP: u32 = 8;
 
 /// The kernel a node runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,7 +201,8 @@ fn kernel_for(class: &Class, x: DType, out: DType, d: usize) -> Option<Kernel> {
     }
     Some(match unit_slabs(x, d).filter(|_| x == out) {
         Some(slabs) if class.subgroups == Some((8, 8)) => Kernel::Subgroup { slabs },
-        Some(slabs) => Kernel::Units { slabs },
+        Some(slabs) if slabs <= V4_MAX_SLABS => Kernel::Units { slabs },
+        Some(_) => Kernel::Rows,
         None => Kernel::Rows,
     })
 }
@@ -257,7 +266,9 @@ pub(super) fn all_keys() -> Vec<PipelineKey> {
             }
             let most = unit_slabs(x, MAX_D).unwrap_or(0);
             for slabs in 1..=most {
-                keys.push(key(Kernel::Units { slabs }, x, x, sr));
+                if slabs <= V4_MAX_SLABS {
+                    keys.push(key(Kernel::Units { slabs }, x, x, sr));
+                }
                 keys.push(key(Kernel::Subgroup { slabs }, x, x, sr));
             }
         }
@@ -364,7 +375,8 @@ pub(super) fn bind(node: &NodeView<'_>, class: &Class, run: &RunValues<'_>) -> R
         row_groups,
         ka: run.keys[0],
         kb: run.keys[1],
-        pad: [0; 3],
+        step: STEP,
+        pad: [0; 2],
     };
     Ok(Go::new(0, &p, grid))
 }
