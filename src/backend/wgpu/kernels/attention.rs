@@ -1,10 +1,19 @@
-//! Fused attention (attention.wgsl): an online softmax over key tiles, f32 accumulation, the
-//! scores never in device memory. Two kernel classes, chosen per adapter class as matmul's are:
+//! Fused attention: an online softmax over key tiles, f32 accumulation, the scores never in
+//! device memory. Kernel classes, chosen per adapter class as matmul's are (measured on
+//! lavapipe, causal 1×8×512×64: `attn_rows` 145 ms, `attn_sg` 12.6 ms):
 //!
-//! - CPU-emulated adapters (`class.cpu`, lavapipe and llvmpipe by default) run `attn_rows`: one
-//!   invocation per query row, no workgroup memory or barriers (a barrier splits a lavapipe
-//!   shader into coroutines), keys walked in steps of 8 with workgroup-uniform key/value
-//!   addresses, so the emulator loads each once per SIMD batch instead of once per lane;
+//! - CPU-emulated adapters (`class.cpu`, lavapipe and llvmpipe by default), head dims of whole
+//!   16-byte units (D a multiple of 4 in f32, of 8 in 16-bit) with the output in the input's
+//!   dtype: `attn_sg` (attention_sg.wgsl) where subgroups are exactly 8 wide, each lane reading
+//!   one unit in eight of every K/V row and sharing it with subgroupBroadcast; else `attn_v4`
+//!   (attention_cpu.wgsl), every lane reading whole K/V rows as vec4<u32> units for 4 query rows
+//!   at once — but not on GL (`class.compile_lock`: llvmpipe's GL compiler takes seconds over
+//!   its unrolled slabs while wgpu holds the context lock). Both keep q and the accumulators in
+//!   registers and rescale once per 8 keys.
+//! - Other head dims on those adapters: `attn_rows` (attention.wgsl), one invocation per query
+//!   row, no workgroup memory or barriers (a barrier splits a lavapipe shader into coroutines),
+//!   keys walked in steps of 8 with workgroup-uniform key/value addresses, so the emulator loads
+//!   each once per SIMD batch instead of once per lane;
 //! - GPUs (and lavapipe/llvmpipe under `POLYTENSOR_KERNELS=gpu`) run `attn_tiles`: a workgroup of
 //!   64 per (query block, head, batch) with the q block and each key/value tile in workgroup
 //!   memory, in three tile classes by head dim (D ≤ 64, ≤ 128, ≤ 256), each under 16 KiB of
@@ -147,9 +156,8 @@ const V4_ROWS: u32 = 4;
 const SG_ROWS: u32 = 2;
 /// attention_cpu.wgsl's `LANES`: units per slab, invocations per workgroup.
 const LANES: u32 = 8;
-/// The most slabs `attn_v4` takes (f32 D ≤ 128; every 16-bit D ≤ 256): llvmpipe's GL compiler
-/// needs over 4 s for 8 (cold cache, one core), and wgpu's GL backend holds its context lock
-/// (6 s timeout, then a panic in other threads) while compiling.
+/// The most slabs `attn_v4` takes (f32 D ≤ 128; every 16-bit D ≤ 256): its compile time grows
+/// with the unrolled slabs (over 4 s for 8 on one core).
 const V4_MAX_SLABS: u32 = 4;
 /// attention_cpu.wgsl's `CK`.
 const STEP: u32 = 8;
@@ -192,7 +200,7 @@ fn unit_slabs(x: DType, d: usize) -> Option<u32> {
 
 /// The kernel of a node: on CPU-emulated adapters `attn_sg` where subgroups are exactly 8 wide
 /// and the head dim is whole 16-byte units (and the output has the input's dtype), `attn_v4`
-/// for such head dims elsewhere, else `attn_rows` (measured: see the module docs); the tiles on
+/// for such head dims elsewhere but on GL, else `attn_rows` (measured: see the module docs); the tiles on
 /// GPUs. The head dim is fixed (the graph builder insists), so compile and every run agree and
 /// one pipeline is built.
 fn kernel_for(class: &Class, x: DType, out: DType, d: usize) -> Option<Kernel> {
@@ -201,7 +209,7 @@ fn kernel_for(class: &Class, x: DType, out: DType, d: usize) -> Option<Kernel> {
     }
     Some(match unit_slabs(x, d).filter(|_| x == out) {
         Some(slabs) if class.subgroups == Some((8, 8)) => Kernel::Subgroup { slabs },
-        Some(slabs) if slabs <= V4_MAX_SLABS => Kernel::Units { slabs },
+        Some(slabs) if slabs <= V4_MAX_SLABS && !class.compile_lock => Kernel::Units { slabs },
         Some(_) => Kernel::Rows,
         None => Kernel::Rows,
     })
