@@ -1,11 +1,13 @@
 // attention.wgsl — fused scaled-dot-product attention, out = softmax(scale·q·kᵀ + mask)·v, with an
 // online softmax over key tiles: the scores never reach device memory, and everything
-// accumulates in f32. Two kernel classes share the bindings and params:
+// accumulates in f32. Two kernel classes share the bindings and params (attention_common.wgsl,
+// which also has the masks and the output encoding; attention_cpu.wgsl and attention_sg.wgsl
+// hold the faster CPU-adapter kernels for head dims of whole 16-byte units):
 //
-// - `attn_rows` (CPU-emulated adapters): one invocation per query row, no workgroup memory and no
-//   barrier. A workgroup holds SWG consecutive rows of one (batch, head), and every invocation
-//   walks the same keys (to the block's largest visible count, masking its own tail), so the key
-//   and value addresses are workgroup-uniform: lavapipe loads each once for the whole SIMD batch.
+// - `attn_rows` (CPU-emulated adapters, any head dim): one invocation per query row, no
+//   workgroup memory and no barrier. A workgroup holds SWG consecutive rows of one (batch,
+//   head), and every invocation walks the same keys (to the block's largest visible count,
+//   masking its own tail).
 // - `attn_tiles` (GPUs): a workgroup of GWG invocations per (query block of BQ rows, head,
 //   batch). The q block, then each key tile and value tile (BK rows) are staged in workgroup
 //   memory; GWG / BQ invocations share a row's output, each owning whole output words. Barriers
@@ -19,41 +21,11 @@
 // lengths[b] under padding. A row that sees no key gives zeros. Masks and the running max use a
 // finite sentinel (settled decision 1).
 
-override DT_IN: u32 = 0u;    // q, k and v
-override DT_OUT: u32 = 0u;
-override ROUND: u32 = 0u;
-
-struct Params {
-    hq: u32,
-    hkv: u32,
-    sq: u32,
-    skv: u32,
-    d: u32,
-    in_pitch: u32,           // row pitch of q, k and v (elements)
-    out_pitch: u32,
-    keys: u32,               // keys read: q_offset + Sq, or Skv
-    off: u32,                // the causal diagonal: query i sees keys ≤ off + i
-    causal: u32,
-    padding: u32,
-    scale: f32,
-    qblocks: u32,            // query blocks per (batch, head)
-    blocks: u32,             // workgroups in all
-    row_groups: u32,         // workgroups per dispatch row
-    ka: u32,                 // stochastic-rounding keys of this node and run
-    kb: u32,
-    _p0: u32,
-    _p1: u32,
-    _p2: u32,
-}
-
 @group(0) @binding(0) var<storage, read> q: array<u32>;
 @group(0) @binding(1) var<storage, read> k: array<u32>;
 @group(0) @binding(2) var<storage, read> v: array<u32>;
-@group(0) @binding(3) var<storage, read> lens: array<u32>;   // q again without padding
 @group(0) @binding(4) var<storage, read_write> out: array<u32>;
-@group(0) @binding(5) var<uniform> P: Params;
 
-const FMAX: f32 = 3.4028235e38;
 // The largest head dim (`supports` refuses more).
 const DMAX_ALL: u32 = 256u;
 
@@ -67,29 +39,6 @@ fn ld_k(e: u32) -> f32 {
 
 fn ld_v(e: u32) -> f32 {
     return bitcast<f32>(elem_bits(DT_IN, v[word_of(DT_IN, e)], (e & 1u) == 1u));
-}
-
-// exp(x − m) for x ≤ m without overflow, also with x or m at the −FMAX sentinel: the halves
-// cannot overflow, and exp(−128) is 0 in f32.
-fn exp_shifted(x: f32, m: f32) -> f32 {
-    return exp(2.0 * max(0.5 * x - 0.5 * m, -64.0));
-}
-
-// Keys query row i of batch row b sees (backend/cpu/attention.rs `Geometry::visible`).
-fn visible(b: u32, i: u32) -> u32 {
-    var n = P.keys;
-    if (P.causal != 0u) {
-        n = min(n, P.off + i + 1u);
-    }
-    if (P.padding != 0u) {
-        n = min(n, lens[b]);
-    }
-    return n;
-}
-
-// Output element c of query row `row` (flat over B, Hq, Sq), rounded for storage.
-fn encoded(x: f32, row: u32, c: u32) -> u32 {
-    return encode_round(DT_OUT, bitcast<u32>(x), ROUND == 1u, vec2<u32>(P.ka, P.kb), row * P.d + c);
 }
 
 // ---- CPU-emulated adapters: one invocation per query row ----

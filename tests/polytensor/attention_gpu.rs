@@ -269,11 +269,13 @@ fn attention_gpu_reading_past_the_keys_is_an_error() {
     }
 }
 
-/// Decode (at most 4 query rows per head) runs split-K: `attn_split` cuts the keys into chunks
-/// of at least 256, one workgroup per (chunk, head, batch row), and `attn_merge` combines the
-/// partial softmaxes. Chunks where a row sees no key (padding, the causal diagonal), GQA 8,
-/// every dtype and a 256-wide f32 head (4 words per invocation) against the reference; the run
-/// statistics show the two launches and the chunk count.
+/// Decode (at most 4 query rows per head) runs split-K on GPUs, on GL and wherever the
+/// CPU-emulated kernel choice would be `attn_rows`: `attn_split` cuts the keys into chunks of at
+/// least 256, one workgroup per (chunk, head, batch row), and `attn_merge` combines the partial
+/// softmaxes. Chunks where a row sees no key (padding, the causal diagonal), GQA 8, every dtype,
+/// an odd head dim and a 256-wide f32 head (4 words per invocation) against the reference on
+/// every adapter; the run statistics show the two launches and the chunk count where split-K
+/// must run (GPUs, GL, `POLYTENSOR_KERNELS=gpu`, odd head dims), and wherever it ran.
 #[test]
 fn attention_gpu_decode_runs_split_k() {
     let cases = [
@@ -287,6 +289,7 @@ fn attention_gpu_decode_runs_split_k() {
         (case(DType::F32, (1, 2, 2), 3, 300, 256), 2),
         (case(DType::F16, (1, 4, 2), 1, 9000, 47), 29),
     ];
+    let forced = std::env::var("POLYTENSOR_KERNELS").is_ok_and(|v| v == "gpu");
     for (n, (c, chunks)) in cases.iter().enumerate() {
         check(c, 300 + n as u64);
         let mut rng = Rng::new(1);
@@ -304,15 +307,22 @@ fn attention_gpu_decode_runs_split_k() {
                 .iter()
                 .map(|l| (l.kernel.to_string(), l.grid))
                 .collect();
-            let name = device.info().name.clone();
-            assert_eq!(launches.len(), 2, "{name}: {c:?}: {launches:?}");
-            assert_eq!(launches[0].0, "attention_split/attn_split", "{name}");
-            assert_eq!(launches[1].0, "attention_merge/attn_merge", "{name}");
-            assert_eq!(
-                launches[0].1,
-                [(chunks * c.hq * c.b) as u32, 1, 1],
-                "{name}: {c:?}: one workgroup per chunk, head and batch row"
+            let info = device.info();
+            let name = info.name.clone();
+            let must = !info.software || forced || info.api == "GL" || c.d % 8 != 0;
+            assert!(
+                launches.len() == 2 || !must,
+                "{name}: {c:?}: split-K expected, ran {launches:?}"
             );
+            if launches.len() == 2 {
+                assert_eq!(launches[0].0, "attention_split/attn_split", "{name}");
+                assert_eq!(launches[1].0, "attention_merge/attn_merge", "{name}");
+                assert_eq!(
+                    launches[0].1,
+                    [(chunks * c.hq * c.b) as u32, 1, 1],
+                    "{name}: {c:?}: one workgroup per chunk, head and batch row"
+                );
+            }
         }
     }
 }

@@ -126,6 +126,7 @@ impl WgpuBackend {
             workgroup_bytes: limits.max_compute_workgroup_storage_size,
             binding_limit: binding,
             offset_align: u64::from(limits.min_storage_buffer_offset_alignment),
+            compile_lock: ai.backend == wgpu::Backend::Gl,
         };
         WgpuBackend {
             adapter,

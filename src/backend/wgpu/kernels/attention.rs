@@ -1,15 +1,31 @@
-//! Fused attention (attention.wgsl): an online softmax over key tiles, f32 accumulation, the
-//! scores never in device memory. Two kernel classes, chosen per adapter class as matmul's are:
+//! Fused attention: an online softmax over key tiles, f32 accumulation, the scores never in
+//! device memory. Kernel classes, chosen per adapter class as matmul's are (measured on
+//! lavapipe, causal 1×8×512×64: `attn_rows` 145 ms, `attn_sg` 12.6 ms):
 //!
-//! - CPU-emulated adapters (`class.cpu`, lavapipe and llvmpipe by default) run `attn_rows`: one
-//!   invocation per query row, no workgroup memory or barriers (a barrier splits a lavapipe
-//!   shader into coroutines), keys walked in steps of 8 with workgroup-uniform key/value
-//!   addresses, so the emulator loads each once per SIMD batch instead of once per lane;
+//! - CPU-emulated adapters (`class.cpu`, lavapipe and llvmpipe by default), head dims of whole
+//!   16-byte units in every float dtype (D a multiple of 8) with the output in the input's
+//!   dtype: `attn_sg` (attention_sg.wgsl) where subgroups are exactly 8 wide, each lane reading
+//!   one unit in eight of every K/V row and sharing it with subgroupBroadcast; else `attn_v4`
+//!   (attention_cpu.wgsl), every lane reading whole K/V rows as vec4<u32> units for 4 query rows
+//!   at once — but not on GL (`class.compile_lock`: llvmpipe's GL compiler takes seconds over
+//!   its unrolled slabs while wgpu holds the context lock). Both keep q and the accumulators in
+//!   registers and rescale once per 8 keys.
+//! - Other head dims on those adapters: `attn_rows` (attention.wgsl), one invocation per query
+//!   row, no workgroup memory or barriers (a barrier splits a lavapipe shader into coroutines),
+//!   keys walked in steps of 8 with workgroup-uniform key/value addresses, so the emulator loads
+//!   each once per SIMD batch instead of once per lane;
 //! - GPUs (and lavapipe/llvmpipe under `POLYTENSOR_KERNELS=gpu`) run `attn_tiles`: a workgroup of
 //!   64 per (query block, head, batch) with the q block and each key/value tile in workgroup
 //!   memory, in three tile classes by head dim (D ≤ 64, ≤ 128, ≤ 256), each under 16 KiB of
 //!   workgroup memory (WebGPU's minimum). No subgroup operations: correct at any subgroup size
 //!   and on GL as is.
+//! - Decode, at most 4 query rows per head (`SPLIT_SQ`), where the choice above is `attn_tiles`
+//!   or `attn_rows`: split-K in two launches. `attn_split` (attention_split.wgsl) cuts the keys
+//!   into up to 32 chunks of at least 256, one workgroup of 64 per (chunk, head, batch row), and
+//!   writes each chunk's partial softmax (max, sum, unnormalised accumulator) to a scratch
+//!   buffer of the node; `attn_merge` (attention_merge.wgsl) rescales and combines them, one
+//!   invocation per output word. One query row alone cannot fill a GPU; this fills it with
+//!   chunks.
 //!
 //! The geometry (keys read, the causal diagonal, the error past Skv) is the CPU's
 //! [`Geometry`], so both backends accept and refuse the same runs.
@@ -24,16 +40,48 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ir::Op;
 
+const COMMON: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/shaders/attention_common.wgsl"
+));
+const UNITS: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/shaders/attention_cpu.wgsl"
+));
+
 pub(crate) static SHADER: Shader = Shader {
     name: "attention",
     parts: &[
         PRELUDE,
+        COMMON,
         include_str!(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/shaders/attention.wgsl"
         )),
     ],
     subgroups: false,
+};
+
+/// `attn_v4` (attention_cpu.wgsl).
+pub(crate) static VECTORISED: Shader = Shader {
+    name: "attention_cpu",
+    parts: &[PRELUDE, COMMON, UNITS],
+    subgroups: false,
+};
+
+/// `attn_sg` (attention_sg.wgsl, after attention_cpu.wgsl's helpers).
+pub(crate) static SUBGROUP: Shader = Shader {
+    name: "attention_sg",
+    parts: &[
+        PRELUDE,
+        COMMON,
+        UNITS,
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/shaders/attention_sg.wgsl"
+        )),
+    ],
+    subgroups: true,
 };
 
 /// `attn_split` (attention_split.wgsl): split-K decode, partial softmaxes into a scratch buffer.
@@ -90,7 +138,9 @@ pub(crate) struct AttentionParams {
     row_groups: u32,
     ka: u32,
     kb: u32,
-    pad: [u32; 3],
+    /// attention_cpu.wgsl's keys per softmax step (its `CK`), passed at run time.
+    step: u32,
+    pad: [u32; 2],
 }
 
 /// attention_split.wgsl's `Params`.
@@ -148,12 +198,7 @@ fn split_scratch(q: &[usize], class: &Class) -> Option<u64> {
         return None;
     };
     // attention_split.wgsl's workgroup: 64 invocations, 5 KiB of workgroup memory.
-    if class.cpu
-        || sq > SPLIT_SQ
-        || d > MAX_D
-        || class.workgroup_bytes < 5120
-        || class.max_invocations < 64
-    {
+    if sq > SPLIT_SQ || d > MAX_D || class.workgroup_bytes < 5120 || class.max_invocations < 64 {
         return None;
     }
     let bytes = (b * hq * sq * MAX_SPLITS * (d + 2) * 4) as u64;
@@ -223,19 +268,83 @@ impl Tiles {
     }
 }
 
-/// Which kernel a node runs: `None` is `attn_rows`.
-fn tiles_for(class: &Class, d: usize) -> Option<Tiles> {
-    if class.cpu { None } else { Tiles::for_dim(d) }
+/// Query rows per invocation of `attn_v4` and `attn_sg` (their `RW`), each a workgroup of 8
+/// invocations (`LANES`).
+const V4_ROWS: u32 = 4;
+const SG_ROWS: u32 = 2;
+/// attention_cpu.wgsl's `LANES`: units per slab, invocations per workgroup.
+const LANES: u32 = 8;
+/// The largest head dim `attn_v4` takes (4 slabs in f32, 2 in 16-bit): its compile time grows
+/// with the unrolled slabs (over 4 s for 8 on one core). A head-dim rule, not a slab rule, so f32
+/// and 16-bit storage of one head dim take the same kernel.
+const V4_MAX_D: usize = 128;
+/// attention_cpu.wgsl's `CK`.
+const STEP: u32 = 8;
+
+/// The kernel a node runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernel {
+    /// `attn_rows`: CPU-emulated adapters, any head dim.
+    Rows,
+    /// `attn_tiles`: GPUs.
+    Tiles(Tiles),
+    /// `attn_v4`: CPU-emulated adapters, head dims of whole 16-byte units (`slabs` slabs of 8).
+    Units { slabs: u32 },
+    /// `attn_sg`: the same with 8-wide subgroups.
+    Subgroup { slabs: u32 },
 }
 
-fn key(tiles: Option<Tiles>, x: DType, out: DType, sr: bool) -> PipelineKey {
+impl Kernel {
+    /// Query rows per workgroup.
+    fn block_rows(self) -> u32 {
+        match self {
+            Kernel::Rows => SWG,
+            Kernel::Tiles(t) => t.bq,
+            Kernel::Units { .. } => LANES * V4_ROWS,
+            Kernel::Subgroup { .. } => LANES * SG_ROWS,
+        }
+    }
+}
+
+/// Elements of dtype `x` in one 16-byte unit.
+fn unit_elems(x: DType) -> usize {
+    16 / x.size_of()
+}
+
+/// Slabs of 8 units holding head dim `d` of dtype `x`, when its rows are whole 16-byte units in
+/// every float dtype (D a multiple of 8): f32 and 16-bit storage of one head dim then take the
+/// same kernel, and its f32 arithmetic is the same in both (attention_cpu.wgsl `qk_unit`), so a
+/// 16-bit store is exactly the rounding of the f32 program's output.
+fn unit_slabs(x: DType, d: usize) -> Option<u32> {
+    let e = unit_elems(x);
+    (d > 0 && d % 8 == 0 && d <= MAX_D).then(|| (d / e).div_ceil(LANES as usize) as u32)
+}
+
+/// The kernel of a node: on CPU-emulated adapters `attn_sg` where subgroups are exactly 8 wide
+/// and the head dim is whole 16-byte units (and the output has the input's dtype), `attn_v4`
+/// for such head dims elsewhere but on GL, else `attn_rows` (measured: see the module docs); the tiles on
+/// GPUs. The head dim is fixed (the graph builder insists), so compile and every run agree and
+/// one pipeline is built.
+fn kernel_for(class: &Class, x: DType, out: DType, d: usize) -> Option<Kernel> {
+    if !class.cpu {
+        return Tiles::for_dim(d).map(Kernel::Tiles);
+    }
+    Some(match unit_slabs(x, d).filter(|_| x == out) {
+        Some(slabs) if class.subgroups == Some((8, 8)) => Kernel::Subgroup { slabs },
+        Some(slabs) if d <= V4_MAX_D && !class.compile_lock => Kernel::Units { slabs },
+        Some(_) => Kernel::Rows,
+        None => Kernel::Rows,
+    })
+}
+
+fn key(kernel: Kernel, x: DType, out: DType, sr: bool) -> PipelineKey {
     let mut constants = vec![
         ("DT_IN", code(x)),
         ("DT_OUT", code(out)),
         ("ROUND", super::round_code(out, sr)),
     ];
-    match tiles {
-        None => {
+    match kernel {
+        Kernel::Rows => {
             constants.push(("SWG", SWG));
             PipelineKey {
                 shader: &SHADER,
@@ -243,7 +352,7 @@ fn key(tiles: Option<Tiles>, x: DType, out: DType, sr: bool) -> PipelineKey {
                 constants,
             }
         }
-        Some(t) => {
+        Kernel::Tiles(t) => {
             constants.extend([
                 ("BQ", t.bq),
                 ("BK", t.bk),
@@ -258,16 +367,39 @@ fn key(tiles: Option<Tiles>, x: DType, out: DType, sr: bool) -> PipelineKey {
                 constants,
             }
         }
+        Kernel::Units { slabs } => {
+            constants.extend([("NSLAB", slabs), ("RW", V4_ROWS)]);
+            PipelineKey {
+                shader: &VECTORISED,
+                entry: "attn_v4",
+                constants,
+            }
+        }
+        Kernel::Subgroup { slabs } => {
+            constants.extend([("NSLAB", slabs), ("RW", SG_ROWS)]);
+            PipelineKey {
+                shader: &SUBGROUP,
+                entry: "attn_sg",
+                constants,
+            }
+        }
     }
 }
 
 pub(super) fn all_keys() -> Vec<PipelineKey> {
     let mut keys = Vec::new();
     for sr in [false, true] {
-        for d in DType::FLOATS {
-            keys.push(key(None, d, d, sr));
+        for x in DType::FLOATS {
+            keys.push(key(Kernel::Rows, x, x, sr));
             for t in TILES {
-                keys.push(key(Some(t), d, d, sr));
+                keys.push(key(Kernel::Tiles(t), x, x, sr));
+            }
+            let most = unit_slabs(x, MAX_D).unwrap_or(0);
+            for slabs in 1..=most {
+                if slabs as usize * LANES as usize * unit_elems(x) <= V4_MAX_D {
+                    keys.push(key(Kernel::Units { slabs }, x, x, sr));
+                }
+                keys.push(key(Kernel::Subgroup { slabs }, x, x, sr));
             }
         }
     }
@@ -285,7 +417,7 @@ pub(super) fn supports(node: &NodeView<'_>, class: &Class) -> std::result::Resul
             "head dim {d} over the attention kernels' maximum {MAX_D}"
         ));
     }
-    if let Some(t) = tiles_for(class, d)
+    if let Some(t) = (!class.cpu).then(|| Tiles::for_dim(d)).flatten()
         && (t.workgroup_bytes() > class.workgroup_bytes || GWG > class.max_invocations)
     {
         return Err(format!(
@@ -316,8 +448,16 @@ pub(super) fn plan(node: &NodeView<'_>, class: &Class) -> Result<Vec<Launch>> {
         )));
     };
     let (x, q) = node.input(0);
+    let d = q.get(3).copied().unwrap_or(0);
+    let kernel = kernel_for(class, x, node.dtype, d)
+        .ok_or_else(|| Error::InvalidGraph(format!("attention head dim {d} has no kernel")))?;
     let lengths = Buf::Operand(if *padding { 3 } else { 0 });
-    if let Some(bytes) = split_scratch(q, class) {
+    // Split-K where it measured faster for a few query rows: on GPUs, and on CPU-emulated
+    // adapters in place of `attn_rows` (lavapipe decode 9×3×2048×64: 24 ms against 39 ms;
+    // `attn_sg` takes 2.5–2.9 ms).
+    if matches!(kernel, Kernel::Rows | Kernel::Tiles(_))
+        && let Some(bytes) = split_scratch(q, class)
+    {
         return Ok(vec![
             Launch {
                 keys: vec![split_key(x)],
@@ -337,9 +477,8 @@ pub(super) fn plan(node: &NodeView<'_>, class: &Class) -> Result<Vec<Launch>> {
             },
         ]);
     }
-    let d = q.get(3).copied().unwrap_or(0);
     Ok(vec![Launch {
-        keys: vec![key(tiles_for(class, d), x, node.dtype, node.sr())],
+        keys: vec![key(kernel, x, node.dtype, node.sr())],
         params_size: std::mem::size_of::<AttentionParams>() as u64,
         bindings: vec![
             Binding::read(Buf::Operand(0)),
@@ -412,19 +551,25 @@ pub(super) fn bind(
         };
         return Ok(vec![Go::new(0, &p, grid), Go::new(0, &m, mgrid)]);
     }
-    one(class, run, &g, (in_pitch, out_pitch, padding)).map(|g| vec![g])
+    let Some(kernel) = kernel_for(class, xd, node.dtype, g.d) else {
+        return Err(Error::InvalidGraph(format!(
+            "attention head dim {} has no kernel",
+            g.d
+        )));
+    };
+    // Whole units are an even count of elements: the pitch is the head dim.
+    debug_assert!(matches!(kernel, Kernel::Rows | Kernel::Tiles(_)) || in_pitch as usize == g.d);
+    one(kernel, run, &g, (in_pitch, out_pitch, padding)).map(|g| vec![g])
 }
 
 /// The one launch of the single-kernel classes.
 fn one(
-    class: &Class,
+    kernel: Kernel,
     run: &RunValues<'_>,
     g: &Geometry,
     (in_pitch, out_pitch, padding): (u32, u32, u32),
 ) -> Result<Go> {
-    let tiles = tiles_for(class, g.d);
-    let bq = tiles.map_or(SWG, |t| t.bq);
-    let qblocks = g.sq.div_ceil(bq as usize);
+    let qblocks = g.sq.div_ceil(kernel.block_rows() as usize);
     let blocks = qblocks * g.hq * g.b;
     let blocks = u32::try_from(blocks).map_err(|_| Error::InvalidArgument {
         op: "attention",
@@ -449,7 +594,8 @@ fn one(
         row_groups,
         ka: run.keys[0],
         kb: run.keys[1],
-        pad: [0; 3],
+        step: STEP,
+        pad: [0; 2],
     };
     Ok(Go::new(0, &p, grid))
 }

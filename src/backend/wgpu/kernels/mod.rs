@@ -47,6 +47,9 @@ pub(crate) struct Class {
     pub binding_limit: u64,
     /// `min_storage_buffer_offset_alignment`.
     pub offset_align: u64,
+    /// The backend holds a device-wide lock while it compiles a pipeline (wgpu's GL: other
+    /// threads wait 6 s, then panic), so kernels that take seconds to compile are not chosen.
+    pub compile_lock: bool,
 }
 
 /// Which buffer a binding refers to.
