@@ -1,7 +1,8 @@
 // attention_common.wgsl — what every attention kernel shares (attention.wgsl, attention_cpu.wgsl,
-// attention_sg.wgsl): the dtype overrides, the params, the lengths binding and the params
-// uniform, the finite sentinel, the shifted exp, the visible-key count and the output encoding.
-// Each kernel file declares q, k, v (bindings 0..2) and out (binding 4) with its own element type.
+// attention_sg.wgsl, attention_split.wgsl): the dtype overrides, the params, the lengths binding
+// and the params uniform, the finite sentinel, the shifted exp, the visible-key count and the
+// output encoding. Each kernel file declares q, k, v (bindings 0..2) and out (binding 4; the
+// split kernel's partials) with its own element type.
 
 override DT_IN: u32 = 0u;    // q, k and v
 override DT_OUT: u32 = 0u;
@@ -20,13 +21,13 @@ struct Params {
     causal: u32,
     padding: u32,
     scale: f32,
-    qblocks: u32,            // query blocks per (batch, head)
+    qblocks: u32,            // query blocks per (batch, head); attention_split.wgsl: key chunks
     blocks: u32,             // workgroups in all
     row_groups: u32,         // workgroups per dispatch row
     ka: u32,                 // stochastic-rounding keys of this node and run
     kb: u32,
     step: u32,               // attention_cpu.wgsl: keys per online-softmax step (its CK)
-    _p1: u32,
+    chunk: u32,              // attention_split.wgsl: keys per chunk (a multiple of its GS)
     _p2: u32,
 }
 

@@ -1,5 +1,5 @@
 // attention_split.wgsl — decode attention (a few query rows per head against a long KV cache) as
-// split-K: the keys are cut into `splits` chunks, one workgroup per (chunk, head, batch row), so
+// split-K: the keys are cut into chunks (`P.qblocks` of them, `P.chunk` keys each), one workgroup per (chunk, head, batch row), so
 // one query row fills a GPU; `attn_merge` then combines the chunks' partial softmaxes. Same
 // semantics as attention.wgsl: out = softmax(scale·q·kᵀ + mask)·v over the keys each row sees
 // (the causal diagonal, the padding lengths), f32 accumulation, a finite sentinel for the running
@@ -13,36 +13,9 @@
 // params and lengths[b]); no subgroup operation, so any subgroup size and GL run it as is.
 //
 // The partial result of (row, chunk) is D + 2 f32 in `part`: the running max m, the sum l and the
-// unnormalised accumulator; attention_merge.wgsl combines them.
+// unnormalised accumulator; attention_merge.wgsl combines them. Params, lengths and helpers:
+// attention_common.wgsl.
 
-override DT_IN: u32 = 0u;    // q, k and v
-override DT_OUT: u32 = 0u;
-override ROUND: u32 = 0u;
-
-struct Params {
-    hq: u32,
-    hkv: u32,
-    sq: u32,
-    skv: u32,
-    d: u32,
-    in_pitch: u32,           // row pitch of q, k and v (elements; even for 16-bit)
-    out_pitch: u32,
-    keys: u32,               // keys read: q_offset + Sq, or Skv
-    off: u32,                // the causal diagonal: query i sees keys ≤ off + i
-    causal: u32,
-    padding: u32,
-    scale: f32,
-    splits: u32,             // key chunks per (batch, head)
-    chunk: u32,              // keys per chunk (a multiple of GS)
-    blocks: u32,             // workgroups in all
-    row_groups: u32,         // workgroups per dispatch row
-    ka: u32,                 // stochastic-rounding keys of this node and run
-    kb: u32,
-    _p0: u32,
-    _p1: u32,
-}
-
-const FMAX: f32 = 3.4028235e38;
 const GS: u32 = 64u;         // invocations per workgroup and keys per tile
 const SQMAX: u32 = 4u;       // the most query rows per head (the planner's rule)
 const DMAX: u32 = 256u;      // the largest head dim
@@ -51,26 +24,7 @@ const OWN: u32 = 4u;         // the most words one invocation owns: DMAX / GS
 @group(0) @binding(0) var<storage, read> q: array<u32>;
 @group(0) @binding(1) var<storage, read> k: array<u32>;
 @group(0) @binding(2) var<storage, read> v: array<u32>;
-@group(0) @binding(3) var<storage, read> lens: array<u32>;   // q again without padding
 @group(0) @binding(4) var<storage, read_write> part: array<f32>;
-@group(0) @binding(5) var<uniform> P: Params;
-
-// exp(x − m) for x ≤ m without overflow, also with x or m at the −FMAX sentinel.
-fn exp_shifted(x: f32, m: f32) -> f32 {
-    return exp(2.0 * max(0.5 * x - 0.5 * m, -64.0));
-}
-
-// Keys query row i of batch row b sees (backend/cpu/attention.rs `Geometry::visible`).
-fn visible(b: u32, i: u32) -> u32 {
-    var n = P.keys;
-    if (P.causal != 0u) {
-        n = min(n, P.off + i + 1u);
-    }
-    if (P.padding != 0u) {
-        n = min(n, lens[b]);
-    }
-    return n;
-}
 
 // Elements per word of the inputs.
 fn per_in() -> u32 {
@@ -90,9 +44,9 @@ fn attn_split(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
     let t = lid.x;
     let wg = wid.y * P.row_groups + wid.x;
     let valid = wg < P.blocks;
-    let s = wg % P.splits;
-    let h = (wg / P.splits) % P.hq;
-    let b = select(0u, wg / (P.splits * P.hq), valid);
+    let s = wg % P.qblocks;
+    let h = (wg / P.qblocks) % P.hq;
+    let b = select(0u, wg / (P.qblocks * P.hq), valid);
     let sq = P.sq;
     let d = P.d;
     let per = per_in();
@@ -212,7 +166,7 @@ fn attn_split(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
     let stride = d + 2u;
     for (var r = 0u; r < SQMAX; r++) {
         if (r < sq) {
-            let at = ((row0 + r) * P.splits + s) * stride;
+            let at = ((row0 + r) * P.qblocks + s) * stride;
             if (t == 0u) {
                 part[at] = m[r];
                 part[at + 1u] = l[r];

@@ -89,6 +89,7 @@ pub(crate) static SPLIT: Shader = Shader {
     name: "attention_split",
     parts: &[
         PRELUDE,
+        COMMON,
         include_str!(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/shaders/attention_split.wgsl"
@@ -140,32 +141,9 @@ pub(crate) struct AttentionParams {
     kb: u32,
     /// attention_cpu.wgsl's keys per softmax step (its `CK`), passed at run time.
     step: u32,
-    pad: [u32; 2],
-}
-
-/// attention_split.wgsl's `Params`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct SplitParams {
-    hq: u32,
-    hkv: u32,
-    sq: u32,
-    skv: u32,
-    d: u32,
-    in_pitch: u32,
-    out_pitch: u32,
-    keys: u32,
-    off: u32,
-    causal: u32,
-    padding: u32,
-    scale: f32,
-    splits: u32,
+    /// attention_split.wgsl's keys per chunk (`qblocks` is its chunk count).
     chunk: u32,
-    blocks: u32,
-    row_groups: u32,
-    ka: u32,
-    kb: u32,
-    pad: [u32; 2],
+    pad: u32,
 }
 
 /// attention_merge.wgsl's `Params`.
@@ -317,7 +295,7 @@ fn unit_elems(x: DType) -> usize {
 /// 16-bit store is exactly the rounding of the f32 program's output.
 fn unit_slabs(x: DType, d: usize) -> Option<u32> {
     let e = unit_elems(x);
-    (d > 0 && d % 8 == 0 && d <= MAX_D).then(|| (d / e).div_ceil(LANES as usize) as u32)
+    (d > 0 && d.is_multiple_of(8) && d <= MAX_D).then(|| (d / e).div_ceil(LANES as usize) as u32)
 }
 
 /// The kernel of a node: on CPU-emulated adapters `attn_sg` where subgroups are exactly 8 wide
@@ -461,7 +439,7 @@ pub(super) fn plan(node: &NodeView<'_>, class: &Class) -> Result<Vec<Launch>> {
         return Ok(vec![
             Launch {
                 keys: vec![split_key(x)],
-                params_size: std::mem::size_of::<SplitParams>() as u64,
+                params_size: std::mem::size_of::<AttentionParams>() as u64,
                 bindings: vec![
                     Binding::read(Buf::Operand(0)),
                     Binding::read(Buf::Operand(1)),
@@ -503,45 +481,58 @@ pub(super) fn bind(
     if super::count(node.shape) == 0 {
         return Ok((0..launches).map(|_| Go::Skip).collect());
     }
-    let padding = u32::from(matches!(node.op, Op::Attention { padding: true, .. }));
-    let in_pitch = geometry(xd, q).1 as u32;
-    let out_pitch = geometry(node.dtype, node.shape).1 as u32;
-    if launches == 2 {
-        let (splits, chunk) = split_chunks(g.keys);
-        let blocks = u32::try_from(splits * g.hq * g.b).map_err(|_| Error::InvalidArgument {
+    let base = AttentionParams {
+        hq: g.hq as u32,
+        hkv: g.hkv as u32,
+        sq: g.sq as u32,
+        skv: g.skv as u32,
+        d: g.d as u32,
+        in_pitch: geometry(xd, q).1 as u32,
+        out_pitch: geometry(node.dtype, node.shape).1 as u32,
+        keys: g.keys as u32,
+        off: g.off as u32,
+        causal: u32::from(g.causal),
+        padding: u32::from(matches!(node.op, Op::Attention { padding: true, .. })),
+        scale: g.scale as f32,
+        qblocks: 0,
+        blocks: 0,
+        row_groups: 0,
+        ka: run.keys[0],
+        kb: run.keys[1],
+        step: STEP,
+        chunk: 0,
+        pad: 0,
+    };
+    // `groups` workgroups per (batch row, head): query blocks, or key chunks for split-K.
+    let grid = |groups: usize| -> Result<([u32; 3], AttentionParams)> {
+        let blocks = groups * g.hq * g.b;
+        let blocks = u32::try_from(blocks).map_err(|_| Error::InvalidArgument {
             op: "attention",
-            msg: format!(
-                "{splits} key chunks of {} heads over the dispatch limit",
-                g.hq * g.b
-            ),
+            msg: format!("{blocks} workgroups over the dispatch limit"),
         })?;
         let (grid, row_groups) = fold(blocks);
-        let p = SplitParams {
-            hq: g.hq as u32,
-            hkv: g.hkv as u32,
-            sq: g.sq as u32,
-            skv: g.skv as u32,
-            d: g.d as u32,
-            in_pitch,
-            out_pitch,
-            keys: g.keys as u32,
-            off: g.off as u32,
-            causal: u32::from(g.causal),
-            padding,
-            scale: g.scale as f32,
-            splits: splits as u32,
+        Ok((
+            grid,
+            AttentionParams {
+                qblocks: groups as u32,
+                blocks,
+                row_groups,
+                ..base
+            },
+        ))
+    };
+    if launches == 2 {
+        let (splits, chunk) = split_chunks(g.keys);
+        let (sgrid, p) = grid(splits)?;
+        let p = AttentionParams {
             chunk: chunk as u32,
-            blocks,
-            row_groups,
-            ka: run.keys[0],
-            kb: run.keys[1],
-            pad: [0; 2],
+            ..p
         };
         let words = super::words_of(node.dtype, node.shape);
         let (mgrid, per_row) = super::grid_of(words, 256);
         let m = MergeParams {
-            d: g.d as u32,
-            out_pitch,
+            d: base.d,
+            out_pitch: base.out_pitch,
             splits: splits as u32,
             words,
             row_groups: per_row,
@@ -549,7 +540,7 @@ pub(super) fn bind(
             kb: run.keys[1],
             pad: 0,
         };
-        return Ok(vec![Go::new(0, &p, grid), Go::new(0, &m, mgrid)]);
+        return Ok(vec![Go::new(0, &p, sgrid), Go::new(0, &m, mgrid)]);
     }
     let Some(kernel) = kernel_for(class, xd, node.dtype, g.d) else {
         return Err(Error::InvalidGraph(format!(
@@ -558,44 +549,9 @@ pub(super) fn bind(
         )));
     };
     // Whole units are an even count of elements: the pitch is the head dim.
-    debug_assert!(matches!(kernel, Kernel::Rows | Kernel::Tiles(_)) || in_pitch as usize == g.d);
-    one(kernel, run, &g, (in_pitch, out_pitch, padding)).map(|g| vec![g])
-}
-
-/// The one launch of the single-kernel classes.
-fn one(
-    kernel: Kernel,
-    run: &RunValues<'_>,
-    g: &Geometry,
-    (in_pitch, out_pitch, padding): (u32, u32, u32),
-) -> Result<Go> {
-    let qblocks = g.sq.div_ceil(kernel.block_rows() as usize);
-    let blocks = qblocks * g.hq * g.b;
-    let blocks = u32::try_from(blocks).map_err(|_| Error::InvalidArgument {
-        op: "attention",
-        msg: format!("{blocks} workgroups over the dispatch limit"),
-    })?;
-    let (grid, row_groups) = fold(blocks);
-    let p = AttentionParams {
-        hq: g.hq as u32,
-        hkv: g.hkv as u32,
-        sq: g.sq as u32,
-        skv: g.skv as u32,
-        d: g.d as u32,
-        in_pitch,
-        out_pitch,
-        keys: g.keys as u32,
-        off: g.off as u32,
-        causal: u32::from(g.causal),
-        padding,
-        scale: g.scale as f32,
-        qblocks: qblocks as u32,
-        blocks,
-        row_groups,
-        ka: run.keys[0],
-        kb: run.keys[1],
-        step: STEP,
-        pad: [0; 2],
-    };
-    Ok(Go::new(0, &p, grid))
+    debug_assert!(
+        matches!(kernel, Kernel::Rows | Kernel::Tiles(_)) || base.in_pitch as usize == g.d
+    );
+    let (grid, p) = grid(g.sq.div_ceil(kernel.block_rows() as usize))?;
+    Ok(vec![Go::new(0, &p, grid)])
 }
