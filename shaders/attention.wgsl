@@ -125,6 +125,52 @@ fn attn_rows(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id
     }
 }
 
+// ---- The log-sum-exp of each query row (`lse` attention), on every adapter ----
+
+// attn_rows without the values: one invocation per query row, keys walked with
+// workgroup-uniform addresses, an online max and sum; out[row] is the f32 bits of
+// m + ln(l) over the row's visible scaled scores, or −FMAX when it sees no key.
+@compute @workgroup_size(SWG)
+fn attn_lse(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let wg = wid.y * P.row_groups + wid.x;
+    if (wg >= P.blocks) {
+        return;
+    }
+    let qb = wg % P.qblocks;
+    let h = (wg / P.qblocks) % P.hq;
+    let b = wg / (P.qblocks * P.hq);
+    let i0 = qb * SWG;
+    let i = i0 + lid.x;
+    let live = i < P.sq;
+    let n = select(0u, visible(b, i), live);
+    let nmax = visible(b, min(i0 + SWG, P.sq) - 1u);
+    let row = (b * P.hq + h) * P.sq + min(i, P.sq - 1u);
+    let kv0 = (b * P.hkv + h / (P.hq / P.hkv)) * P.skv;
+    let d = P.d;
+    var qr: array<f32, DMAX_ALL>;
+    for (var c = 0u; c < d; c++) {
+        qr[c] = select(0.0, ld_q(row * P.in_pitch + c), live);
+    }
+    var m = -FMAX;
+    var l = 0.0;
+    for (var j = 0u; j < nmax; j++) {
+        let base = (kv0 + j) * P.in_pitch;
+        var dot = 0.0;
+        for (var c = 0u; c < d; c++) {
+            dot += qr[c] * ld_k(base + c);
+        }
+        if (j < n) {
+            let s = dot * P.scale;
+            let mx = max(m, s);
+            l = l * exp_shifted(m, mx) + exp_shifted(s, mx);
+            m = mx;
+        }
+    }
+    if (live) {
+        out[row] = bitcast<u32>(select(-FMAX, m + log(l), l > 0.0));
+    }
+}
+
 // ---- GPUs: a workgroup per query block, key/value tiles in workgroup memory ----
 
 const GWG: u32 = 64u;        // invocations per workgroup

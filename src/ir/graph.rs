@@ -259,6 +259,35 @@ impl Graph {
         causal: bool,
         q_offset: Option<Offset>,
     ) -> Result<NodeId> {
+        self.attention_op(q, k, v, lengths, (scale, causal, q_offset), false)
+    }
+
+    /// Each query row's log-sum-exp of the same attention's scaled, masked scores (see
+    /// [`Op::Attention`] with `lse`): f32 `[B, Hq, Sq]`, what a fused attention backward needs.
+    /// Arguments as [`Graph::attention`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_lse(
+        &mut self,
+        q: NodeId,
+        k: NodeId,
+        v: NodeId,
+        lengths: Option<NodeId>,
+        scale: f64,
+        causal: bool,
+        q_offset: Option<Offset>,
+    ) -> Result<NodeId> {
+        self.attention_op(q, k, v, lengths, (scale, causal, q_offset), true)
+    }
+
+    fn attention_op(
+        &mut self,
+        q: NodeId,
+        k: NodeId,
+        v: NodeId,
+        lengths: Option<NodeId>,
+        (scale, causal, q_offset): (f64, bool, Option<Offset>),
+        lse: bool,
+    ) -> Result<NodeId> {
         let mut inputs = vec![q, k, v];
         inputs.extend(lengths);
         let op = Op::Attention {
@@ -266,6 +295,7 @@ impl Graph {
             causal,
             q_offset,
             padding: lengths.is_some(),
+            lse,
         };
         self.op(op, inputs)
     }
@@ -572,7 +602,7 @@ impl Graph {
             Op::Slice { axis, start, len } => infer_slice(ins[0], *axis, *start, len),
             Op::Concat { axis } => infer_concat(ins[0], ins[1], *axis),
             Op::Gather => infer_gather(ins[0], ins[1]),
-            Op::Attention { padding, .. } => infer_attention(&ins, *padding),
+            Op::Attention { padding, lse, .. } => infer_attention(&ins, *padding, *lse),
             Op::Rope {
                 theta,
                 rotary_dim,
@@ -910,7 +940,7 @@ fn infer_gather(table: &Node, idx: &Node) -> Result<(Shape, DType)> {
 
 /// Attention's operands: q `[B, Hq, Sq, D]`, k = v `[B, Hkv, Skv, D]` (one float dtype, Hq a
 /// multiple of Hkv, B and D equal), lengths u32 `[B]`.
-fn infer_attention(ins: &[&Node], padding: bool) -> Result<(Shape, DType)> {
+fn infer_attention(ins: &[&Node], padding: bool, lse: bool) -> Result<(Shape, DType)> {
     let (q, k, v) = (ins[0], ins[1], ins[2]);
     let bad = |msg: String| Error::ShapeMismatch {
         op: "attention",
@@ -956,6 +986,9 @@ fn infer_attention(ins: &[&Node], padding: bool) -> Result<(Shape, DType)> {
                 detail: "key lengths must be u32 [B]".to_string(),
             });
         }
+    }
+    if lse {
+        return Ok((Shape(qd[..3].to_vec()), DType::F32));
     }
     Ok((q.shape.clone(), q.dtype))
 }

@@ -261,11 +261,18 @@ pub enum Op {
     /// (all Skv without a `q_offset`; a run where that exceeds Skv is an `Err`), so attention can
     /// read a prefix of a KV-cache state directly. `causal`: query i sees keys ≤ q_offset + i.
     /// A row with no visible key gives zeros. Accumulates in f32; output `[B, Hq, Sq, D]`.
+    ///
+    /// With `lse`, the same attention emits each query row's log-sum-exp of its masked, scaled
+    /// scores instead, `ln Σ_j exp(scale·q·k_j)` over the keys the row sees, in f32 `[B, Hq, Sq]`
+    /// (−3.4028235e38, f32's lowest, for a row with no visible key: a finite sentinel). A fused
+    /// backward recomputes the weights from it as `exp(s − lse)`.
     Attention {
         scale: f64,
         causal: bool,
         q_offset: Option<Offset>,
         padding: bool,
+        #[serde(default)]
+        lse: bool,
     },
     /// Rotary position embedding of x `[B, H, S, D]` (D even): the first `rotary_dim` (even,
     /// ≤ D) elements of each row turn in pairs by the angle pos · θ^(−2i/rotary_dim), where pair
@@ -339,7 +346,8 @@ impl Op {
             Op::Slice { .. } => "slice",
             Op::Concat { .. } => "concat",
             Op::Gather => "gather",
-            Op::Attention { .. } => "attention",
+            Op::Attention { lse: false, .. } => "attention",
+            Op::Attention { lse: true, .. } => "attention_lse",
             Op::Rope { .. } => "rope",
         }
     }

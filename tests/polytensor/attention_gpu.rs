@@ -93,6 +93,11 @@ const CASES: [Case; 11] = [
 
 /// The inputs and the graph of a case; `pos` names the symbolic q_offset when given.
 fn build(c: &Case, rng: &mut Rng, sym: bool) -> (Graph, Vec<(&'static str, Tensor)>) {
+    build_as(c, rng, sym, false)
+}
+
+/// `build`, or with `lse` the same attention's log-sum-exp per row.
+fn build_as(c: &Case, rng: &mut Rng, sym: bool, lse: bool) -> (Graph, Vec<(&'static str, Tensor)>) {
     let mut g = Graph::new();
     let qs = [c.b, c.hq, c.sq, c.d];
     let ks = [c.b, c.hkv, c.skv, c.d];
@@ -118,9 +123,12 @@ fn build(c: &Case, rng: &mut Rng, sym: bool) -> (Graph, Vec<(&'static str, Tenso
         }
     });
     let scale = 1.0 / (c.d as f64).sqrt();
-    let y = g
-        .attention(q, k, v, lengths, scale, c.causal, offset)
-        .expect("attention builds");
+    let y = if lse {
+        g.attention_lse(q, k, v, lengths, scale, c.causal, offset)
+    } else {
+        g.attention(q, k, v, lengths, scale, c.causal, offset)
+    }
+    .expect("attention builds");
     g.output("y", y).expect("output");
     (g, inputs)
 }
@@ -322,6 +330,93 @@ fn attention_gpu_decode_runs_split_k() {
                     [(chunks * c.hq * c.b) as u32, 1, 1],
                     "{name}: {c:?}: one workgroup per chunk, head and batch row"
                 );
+            }
+        }
+    }
+}
+
+/// Per-row bound of `lse` attention (f32 `[B, Hq, Sq]`): with η as in the module docs (the
+/// relative error of one weight: the dot product, the scale and `exp`), the sum adds n + 1
+/// roundings and `ln` and the final addition of the max about two more, so
+///
+///   |got − ref| ≤ 2·(η + (n + 3)·ε) + 2·ε·|ref|.
+///
+/// `None` where the row sees no key (the output must be f32's lowest, exactly).
+fn lse_bounds(c: &Case, inputs: &[(&str, Tensor)]) -> Vec<Option<f64>> {
+    let (q, k) = (inputs[0].1.to_f64_vec(), inputs[1].1.to_f64_vec());
+    let eps = DType::F32.epsilon();
+    let scale = 1.0 / (c.d as f64).sqrt();
+    let keys = c.q_offset.map_or(c.skv, |o| o + c.sq);
+    let d = c.d;
+    let mut out = vec![None; c.b * c.hq * c.sq];
+    for b in 0..c.b {
+        for h in 0..c.hq {
+            let kvh = h / (c.hq / c.hkv);
+            for i in 0..c.sq {
+                let mut n = keys;
+                if c.causal {
+                    n = n.min(c.q_offset.unwrap_or(0) + i + 1);
+                }
+                if let Some(len) = c.padding {
+                    n = n.min(if b == 0 { len as usize } else { 0 });
+                }
+                let row = (b * c.hq + h) * c.sq + i;
+                if n == 0 {
+                    continue;
+                }
+                let kr = |j: usize| ((b * c.hkv + kvh) * c.skv + j) * d;
+                let (mut s, mut a) = (vec![0.0; n], vec![0.0; n]);
+                for j in 0..n {
+                    for x in 0..d {
+                        s[j] += scale * q[row * d + x] * k[kr(j) + x];
+                        a[j] += scale * (q[row * d + x] * k[kr(j) + x]).abs();
+                    }
+                }
+                let m = s.iter().copied().fold(f64::MIN, f64::max);
+                let range = s.iter().map(|x| m - x).fold(0.0, f64::max);
+                let amax = a.iter().copied().fold(0.0, f64::max);
+                let smax = s.iter().map(|x| x.abs()).fold(0.0, f64::max);
+                let eta = (d as f64 * amax + smax + 3.0 + 2.0 * range) * eps;
+                let lse = m + s.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+                out[row] = Some(2.0 * (eta + (n as f64 + 3.0) * eps) + 2.0 * eps * lse.abs());
+            }
+        }
+    }
+    out
+}
+
+/// `lse` attention (`Graph::attention_lse`): each query row's log-sum-exp of its scaled, masked
+/// scores in f32 `[B, Hq, Sq]`, on the CPU fast path and every adapter, over every case of
+/// `CASES` (each dtype of q and k, GQA, causal at an offset, padding with an empty batch row)
+/// against the f64 reference; a row that sees no key gives f32's lowest value exactly.
+#[test]
+fn attention_lse_matches_reference() {
+    for (n, c) in CASES.iter().enumerate() {
+        let mut rng = Rng::new(500 + n as u64);
+        let (g, inputs) = build_as(c, &mut rng, false, true);
+        let views: Vec<(&str, &Tensor)> = inputs.iter().map(|(n, t)| (*n, t)).collect();
+        let want = run_on(&Device::reference(), &g, &views, &[], &[]).expect("reference");
+        assert_eq!(want[0].shape(), &[c.b, c.hq, c.sq], "{c:?}: shape");
+        assert_eq!(want[0].dtype(), DType::F32, "{c:?}: dtype");
+        let want = want[0].to_f64_vec();
+        let bound = lse_bounds(c, &inputs);
+        for device in devices_under_test() {
+            let what = format!("attention_lse {c:?} on {}", device.info().name);
+            let got =
+                run_on(&device, &g, &views, &[], &[]).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(got[0].shape(), &[c.b, c.hq, c.sq], "{what}: shape");
+            assert_eq!(got[0].dtype(), DType::F32, "{what}: dtype");
+            for (idx, (&x, &w)) in got[0].to_f64_vec().iter().zip(&want).enumerate() {
+                match bound[idx] {
+                    None => assert!(
+                        x == f64::from(f32::MIN) && w == x,
+                        "{what}: row {idx} sees no key: got {x}, reference {w}"
+                    ),
+                    Some(tol) => assert!(
+                        (x - w).abs() <= tol,
+                        "{what}: row {idx}: got {x}, expected {w}, tolerance {tol}"
+                    ),
+                }
             }
         }
     }

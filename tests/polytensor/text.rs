@@ -77,6 +77,33 @@ fn every_op() -> Graph {
     g.output("window", window).expect("out");
     g.output("rows", rows).expect("out");
     g.output("roped", roped).expect("out");
+    // Attention with every mask, and its log-sum-exp form.
+    let kv = vec![
+        Dim::Fixed(2),
+        Dim::Fixed(2),
+        Dim::sym("ctx", 64),
+        Dim::Fixed(8),
+    ];
+    let q = g.input("aq", [2, 4, 3, 8], DType::BF16);
+    let k = g.input("ak", kv.clone(), DType::BF16);
+    let v = g.input("av", kv, DType::BF16);
+    let len = g.input("alen", [2], DType::U32);
+    let att = g
+        .attention(
+            q,
+            k,
+            v,
+            Some(len),
+            0.125,
+            true,
+            Some(Offset::Sym("pos".into())),
+        )
+        .expect("attention");
+    let lse = g
+        .attention_lse(q, k, v, None, 0.5, false, Some(Offset::Fixed(2)))
+        .expect("attention_lse");
+    g.output("att", att).expect("out");
+    g.output("lse", lse).expect("out");
     g
 }
 

@@ -102,7 +102,7 @@ pub(crate) fn eval(
         }
     }
     let out = match &node.op {
-        Op::Attention { padding, .. } => {
+        Op::Attention { padding, lse, .. } => {
             let g = super::attention::Geometry::new(&node.op, ins[0].1, ins[1].1, bindings)?;
             let lengths = match (padding, ins.get(3).map(|x| x.0)) {
                 (true, Some(StorageRef::U32(l))) => Some(l),
@@ -117,8 +117,12 @@ pub(crate) fn eval(
             // time.
             let q = kv_operand(ins[0].0)?;
             let (k, v) = (kv_operand(ins[1].0)?, kv_operand(ins[2].0)?);
-            // An f32 result is the user's output; a 16-bit one is narrowed from a scratch buffer.
-            if node.dtype == DType::F32 {
+            if *lse {
+                // f32 [B, Hq, Sq]: the user's output.
+                super::attention::lse_fast(&g, q, k, lengths)
+            } else if node.dtype == DType::F32 {
+                // An f32 result is the user's output; a 16-bit one is narrowed from a scratch
+                // buffer.
                 let mut y = Vec::new();
                 super::attention::fast(&g, q, k, v, lengths, &mut y);
                 y

@@ -200,11 +200,15 @@ fn eval(
 ) -> Result<Vec<f64>> {
     let n: usize = out.iter().product();
     Ok(match &node.op {
-        Op::Attention { padding, .. } => {
+        Op::Attention { padding, lse, .. } => {
             let g = super::attention::Geometry::new(&node.op, ins[0].1, ins[1].1, bindings)?;
             let lengths: Option<Vec<u32>> =
                 padding.then(|| ins[3].0.iter().map(|&x| x as u32).collect());
-            super::attention::reference(&g, ins[0].0, ins[1].0, ins[2].0, lengths.as_deref())
+            if *lse {
+                super::attention::lse_reference(&g, ins[0].0, ins[1].0, lengths.as_deref())
+            } else {
+                super::attention::reference(&g, ins[0].0, ins[1].0, ins[2].0, lengths.as_deref())
+            }
         }
         Op::Rope {
             theta,

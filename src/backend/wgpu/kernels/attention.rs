@@ -270,13 +270,15 @@ enum Kernel {
     Units { slabs: u32 },
     /// `attn_sg`: the same with 8-wide subgroups.
     Subgroup { slabs: u32 },
+    /// `attn_lse`: each row's log-sum-exp (`lse` attention), every adapter.
+    Lse,
 }
 
 impl Kernel {
     /// Query rows per workgroup.
     fn block_rows(self) -> u32 {
         match self {
-            Kernel::Rows => SWG,
+            Kernel::Rows | Kernel::Lse => SWG,
             Kernel::Tiles(t) => t.bq,
             Kernel::Units { .. } => LANES * V4_ROWS,
             Kernel::Subgroup { .. } => LANES * SG_ROWS,
@@ -315,6 +317,14 @@ fn kernel_for(class: &Class, x: DType, out: DType, d: usize) -> Option<Kernel> {
     })
 }
 
+/// The kernel of `node`: `attn_lse` for `lse` attention, else [`kernel_for`].
+fn node_kernel(node: &NodeView<'_>, class: &Class, d: usize) -> Option<Kernel> {
+    match node.op {
+        Op::Attention { lse: true, .. } => Some(Kernel::Lse),
+        _ => kernel_for(class, node.input(0).0, node.dtype, d),
+    }
+}
+
 fn key(kernel: Kernel, x: DType, out: DType, sr: bool) -> PipelineKey {
     let mut constants = vec![
         ("DT_IN", code(x)),
@@ -330,6 +340,11 @@ fn key(kernel: Kernel, x: DType, out: DType, sr: bool) -> PipelineKey {
                 constants,
             }
         }
+        Kernel::Lse => PipelineKey {
+            shader: &SHADER,
+            entry: "attn_lse",
+            constants: vec![("DT_IN", code(x)), ("SWG", SWG)],
+        },
         Kernel::Tiles(t) => {
             constants.extend([
                 ("BQ", t.bq),
@@ -365,9 +380,13 @@ fn key(kernel: Kernel, x: DType, out: DType, sr: bool) -> PipelineKey {
 }
 
 pub(super) fn all_keys() -> Vec<PipelineKey> {
-    let mut keys = Vec::new();
+    let mut keys: Vec<PipelineKey> = DType::FLOATS.into_iter().map(split_key).collect();
+    for x in DType::FLOATS {
+        keys.push(key(Kernel::Lse, x, DType::F32, false));
+    }
     for sr in [false, true] {
         for x in DType::FLOATS {
+            keys.push(merge_key(x, sr));
             keys.push(key(Kernel::Rows, x, x, sr));
             for t in TILES {
                 keys.push(key(Kernel::Tiles(t), x, x, sr));
@@ -427,7 +446,7 @@ pub(super) fn plan(node: &NodeView<'_>, class: &Class) -> Result<Vec<Launch>> {
     };
     let (x, q) = node.input(0);
     let d = q.get(3).copied().unwrap_or(0);
-    let kernel = kernel_for(class, x, node.dtype, d)
+    let kernel = node_kernel(node, class, d)
         .ok_or_else(|| Error::InvalidGraph(format!("attention head dim {d} has no kernel")))?;
     let lengths = Buf::Operand(if *padding { 3 } else { 0 });
     // Split-K where it measured faster for a few query rows: on GPUs, and on CPU-emulated
@@ -542,7 +561,7 @@ pub(super) fn bind(
         };
         return Ok(vec![Go::new(0, &p, sgrid), Go::new(0, &m, mgrid)]);
     }
-    let Some(kernel) = kernel_for(class, xd, node.dtype, g.d) else {
+    let Some(kernel) = node_kernel(node, class, g.d) else {
         return Err(Error::InvalidGraph(format!(
             "attention head dim {} has no kernel",
             g.d
@@ -550,7 +569,8 @@ pub(super) fn bind(
     };
     // Whole units are an even count of elements: the pitch is the head dim.
     debug_assert!(
-        matches!(kernel, Kernel::Rows | Kernel::Tiles(_)) || base.in_pitch as usize == g.d
+        matches!(kernel, Kernel::Rows | Kernel::Tiles(_) | Kernel::Lse)
+            || base.in_pitch as usize == g.d
     );
     let (grid, p) = grid(g.sq.div_ceil(kernel.block_rows() as usize))?;
     Ok(vec![Go::new(0, &p, grid)])
