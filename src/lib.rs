@@ -34,6 +34,7 @@ pub mod backend;
 pub mod dtype;
 pub mod error;
 pub mod ir;
+pub mod model;
 pub mod placement;
 pub mod rng;
 pub mod session;

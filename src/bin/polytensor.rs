@@ -1,5 +1,5 @@
 //! The `polytensor` command line: `devices` lists every device, `demo` runs a matmul on each one
-//! and checks it against the CPU reference.
+//! and checks it against the CPU reference, then the toy transformer on each one.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -23,7 +23,8 @@ enum Command {
     /// List every device with its backend, type, dtypes and limits; mark the one `auto` picks.
     Devices,
     /// Run an n×n×n matmul in f32, f16 and bf16 on every device, checked against the CPU
-    /// reference; print time, GFLOP/s and the error.
+    /// reference (time, GFLOP/s, error); then the toy transformer (a small random-weight
+    /// Llama-style model) generating on every device, teacher-forced on the CPU's tokens.
     Demo {
         /// Matrix size.
         #[arg(long, default_value_t = 512)]
@@ -189,6 +190,18 @@ fn demo(n: usize, runs: usize, filter: Option<&str>) -> Result<bool> {
                 bound,
                 if ok { "ok" } else { "FAIL" }
             );
+        }
+    }
+    println!();
+    let reports = polytensor::model::toy::run_everywhere(&list)?;
+    print!("{}", polytensor::model::toy::table(&reports));
+    for r in &reports {
+        if r.mismatches > 0 {
+            println!(
+                "FAIL: {} chose another token at {} compared step(s)",
+                r.device, r.mismatches
+            );
+            all_ok = false;
         }
     }
     Ok(all_ok)

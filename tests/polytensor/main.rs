@@ -8,6 +8,7 @@ mod devices;
 mod errors;
 mod gpu;
 mod matmul;
+mod model;
 mod movement;
 mod ops;
 mod plans;
