@@ -75,6 +75,8 @@ pub struct Report {
     /// Prefill tokens/s (the prompt, one run) and decode tokens/s (after the first step).
     pub prefill_tps: f64,
     pub decode_tps: f64,
+    /// Kernel launches of one decode step (0 on the CPU backend, which runs no kernels).
+    pub decode_launches: u64,
     /// Teacher-forced on the reference sequence: steps compared (margin clear), steps in all,
     /// and the compared steps whose top-1 differed from the reference.
     pub compared: usize,
@@ -130,6 +132,7 @@ fn run_on(device: &Device, reference: &(Vec<u32>, Vec<Vec<f32>>)) -> Result<Repo
         tokens.push(step.next);
     }
     let decode = t1.elapsed().as_secs_f64();
+    let decode_launches = m.session().last_run_stats().launch_count;
     // Teacher forcing: the reference tokens in, this device's logits out.
     m.reset();
     let (want, want_logits) = reference;
@@ -153,6 +156,7 @@ fn run_on(device: &Device, reference: &(Vec<u32>, Vec<Vec<f32>>)) -> Result<Repo
         tokens,
         prefill_tps: PROMPT.len() as f64 / prefill,
         decode_tps: (GENERATE - 1) as f64 / decode.max(1e-9),
+        decode_launches,
         compared,
         steps: want.len(),
         mismatches,
@@ -185,18 +189,22 @@ pub fn table(reports: &[Report]) -> String {
     if let Some(r) = reports.first() {
         s.push_str(&format!("tokens: {:?}\n", r.tokens));
     }
-    s.push_str("| device | prefill tok/s | decode tok/s | same tokens as the CPU | teacher-forced: steps compared | mismatches |\n");
-    s.push_str("|---|---|---|---|---|---|\n");
+    s.push_str(
+        "| device | prefill tok/s | decode tok/s | launches per decode step | same tokens as the \
+         CPU | teacher-forced: steps compared | mismatches |\n",
+    );
+    s.push_str("|---|---|---|---|---|---|---|\n");
     let first = reports
         .first()
         .map(|r| r.tokens.clone())
         .unwrap_or_default();
     for r in reports {
         s.push_str(&format!(
-            "| {} | {:.0} | {:.1} | {} | {} of {} | {} |\n",
+            "| {} | {:.0} | {:.1} | {} | {} | {} of {} | {} |\n",
             r.device,
             r.prefill_tps,
             r.decode_tps,
+            r.decode_launches,
             if r.tokens == first { "yes" } else { "no" },
             r.compared,
             r.steps,
