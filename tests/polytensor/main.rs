@@ -9,6 +9,8 @@ mod errors;
 mod gpu;
 mod matmul;
 mod model;
+#[cfg(feature = "models")]
+mod model_load;
 mod movement;
 mod ops;
 mod plans;
