@@ -1,17 +1,20 @@
 //! The `polytensor` command line: `devices` lists every device, `demo` runs a matmul on each one
-//! and checks it against the CPU reference, then the toy transformer on each one.
+//! and checks it against the CPU reference, then the toy transformer on each one; `generate`
+//! runs a Llama-family checkpoint directory.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use polytensor::{DType, Device, Graph, Result, Session, Tensor};
+use polytensor::model::llama::Llama;
+use polytensor::model::text::{Sampler, Sampling, Tokenizer};
+use polytensor::{DType, Device, Error, Graph, Result, Session, Tensor};
 
 #[derive(Parser)]
 #[command(
     name = "polytensor",
     version,
-    about = "Hardware-agnostic tensor runtime: devices, demo"
+    about = "Hardware-agnostic tensor runtime: devices, demo, generate"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -36,6 +39,37 @@ enum Command {
         #[arg(long)]
         device: Option<String>,
     },
+    /// Generate text with a Llama-family checkpoint directory (config.json, model.safetensors
+    /// or a sharded set, tokenizer.json), streaming tokens to stdout.
+    Generate {
+        /// The checkpoint directory.
+        #[arg(long)]
+        model: std::path::PathBuf,
+        #[arg(long)]
+        prompt: String,
+        /// A device index or a name fragment (see `devices`); default: the best device.
+        #[arg(long)]
+        device: Option<String>,
+        /// Weight and activation storage: f32, f16 or bf16 (computed in f32).
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        #[arg(long, default_value_t = 64)]
+        max_tokens: usize,
+        /// 0: greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        /// 0: off.
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0.0)]
+        min_p: f32,
+        #[arg(long, default_value_t = 1.0)]
+        repeat_penalty: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -43,6 +77,33 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Devices => devices(),
         Command::Demo { n, runs, device } => demo(n, runs.max(1), device.as_deref()),
+        Command::Generate {
+            model,
+            prompt,
+            device,
+            dtype,
+            max_tokens,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repeat_penalty,
+            seed,
+        } => generate(
+            &model,
+            &prompt,
+            device.as_deref(),
+            &dtype,
+            max_tokens,
+            Sampling {
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                repetition_penalty: repeat_penalty,
+                seed,
+            },
+        ),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -205,4 +266,93 @@ fn demo(n: usize, runs: usize, filter: Option<&str>) -> Result<bool> {
         }
     }
     Ok(all_ok)
+}
+
+/// Peak resident memory of this process (Linux), for the summary line.
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn generate(
+    dir: &std::path::Path,
+    prompt: &str,
+    device: Option<&str>,
+    dtype: &str,
+    max_tokens: usize,
+    sampling: Sampling,
+) -> Result<bool> {
+    use std::io::Write;
+    let dtype = match dtype {
+        "f32" => DType::F32,
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        other => {
+            return Err(Error::InvalidArgument {
+                op: "generate",
+                msg: format!("--dtype {other}: f32, f16 or bf16 expected"),
+            });
+        }
+    };
+    let device = match device {
+        Some(q) => Device::select(&Device::list(), Some(q))?,
+        None => Device::auto()?,
+    };
+    let mut sampler = Sampler::new(sampling)?;
+    let tokenizer = Tokenizer::load(dir)?;
+    let ids = tokenizer.encode(prompt, true)?;
+    // The cache holds the prompt and the new tokens (at most the model's own limit).
+    let limit = polytensor::model::load::llama_config(dir, None)?.max_len;
+    let max_len = (ids.len() + max_tokens).min(limit.max(ids.len() + 1));
+    let t0 = Instant::now();
+    let mut model = Llama::load(dir, Session::new(&device), dtype, Some(max_len))?;
+    eprintln!(
+        "loaded {} on {} ({dtype}) in {:.2} s; prompt: {} tokens",
+        dir.display(),
+        device.info().name,
+        t0.elapsed().as_secs_f64(),
+        ids.len()
+    );
+    let mut out = std::io::stdout().lock();
+    let _ = write!(out, "{prompt}");
+    let _ = out.flush();
+    let mut stream = tokenizer.stream();
+    let mut seen = ids.clone();
+    let t1 = Instant::now();
+    let mut step = model.forward(&ids)?;
+    let prefill = t1.elapsed().as_secs_f64();
+    let t2 = Instant::now();
+    let mut produced = 0usize;
+    loop {
+        let next = sampler.next(&step.logits, &seen);
+        produced += 1;
+        if tokenizer.eos.contains(&next) {
+            break;
+        }
+        seen.push(next);
+        if let Some(piece) = stream.push(next)? {
+            let _ = write!(out, "{piece}");
+            let _ = out.flush();
+        }
+        if produced >= max_tokens || model.position() >= max_len {
+            break;
+        }
+        step = model.forward(&[next])?;
+    }
+    if let Some(piece) = stream.finish()? {
+        let _ = write!(out, "{piece}");
+    }
+    let _ = writeln!(out);
+    let decode = t2.elapsed().as_secs_f64();
+    eprintln!(
+        "prefill: {} tokens, {:.1} tok/s; decode: {} tokens, {:.1} tok/s; peak memory {}",
+        ids.len(),
+        ids.len() as f64 / prefill,
+        produced.saturating_sub(1),
+        produced.saturating_sub(1) as f64 / decode.max(1e-9),
+        peak_rss().map_or("unknown".to_string(), fmt_bytes)
+    );
+    Ok(true)
 }

@@ -6,4 +6,6 @@
 pub mod llama;
 #[cfg(feature = "models")]
 pub mod load;
+#[cfg(feature = "models")]
+pub mod text;
 pub mod toy;

@@ -270,3 +270,165 @@ fn broken_checkpoints_are_errors_naming_the_file_and_the_tensor_or_field() {
         &["model.extra.weight", "model-00001-of-00002.safetensors"],
     );
 }
+
+/// GPT-2's byte-level alphabet: the character standing for each byte.
+fn byte_chars() -> Vec<char> {
+    let mut n = 0u32;
+    (0u32..256)
+        .map(|b| {
+            let printable =
+                (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+            if printable {
+                char::from_u32(b).expect("char")
+            } else {
+                n += 1;
+                char::from_u32(255 + n).expect("char")
+            }
+        })
+        .collect()
+}
+
+/// A byte-level BPE tokenizer.json for the toy vocabulary: ids 0..256 are the bytes, 256..512
+/// placeholder tokens; with a fixed padding and a truncation the loader must turn off.
+fn write_tokenizer(dir: &Path) {
+    let mut vocab = serde_json::Map::new();
+    for (b, c) in byte_chars().into_iter().enumerate() {
+        vocab.insert(c.to_string(), serde_json::Value::from(b));
+    }
+    for i in 256..toy::config().vocab {
+        vocab.insert(format!("<x{i}>"), serde_json::Value::from(i));
+    }
+    let byte_level = serde_json::json!({
+        "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true
+    });
+    let t = serde_json::json!({
+        "version": "1.0",
+        "truncation": {"direction": "Right", "max_length": 4, "strategy": "LongestFirst", "stride": 0},
+        "padding": {"strategy": {"Fixed": 64}, "direction": "Right", "pad_to_multiple_of": null,
+                    "pad_id": 0, "pad_type_id": 0, "pad_token": "!"},
+        "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": byte_level,
+        "post_processor": null,
+        "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                  "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": []}
+    });
+    std::fs::write(dir.join("tokenizer.json"), t.to_string()).expect("tokenizer");
+}
+
+#[test]
+fn text_streams_whole_characters_and_padding_is_off() {
+    use polytensor::model::text::Tokenizer;
+    let dir = Dir::new("tokenizer");
+    write_tokenizer(dir.path());
+    let tok = Tokenizer::load(dir.path()).expect("tokenizer");
+    let text = "héllo wörld ✓ 日本語!";
+    let ids = tok.encode(text, true).expect("encode");
+    // One token per byte: neither truncated to 4 nor padded to 64.
+    assert_eq!(ids.len(), text.len(), "{ids:?}");
+    assert_eq!(tok.decode(&ids).expect("decode"), text);
+    let mut stream = tok.stream();
+    let (mut out, mut held) = (String::new(), 0);
+    for &id in &ids {
+        match stream.push(id).expect("push") {
+            Some(piece) => {
+                assert!(!piece.contains('\u{FFFD}'), "a split character: {piece:?}");
+                out.push_str(&piece);
+            }
+            None => held += 1,
+        }
+    }
+    out.extend(stream.finish().expect("finish"));
+    assert_eq!(out, text);
+    assert!(
+        held >= 8,
+        "multi-byte characters must be held back ({held})"
+    );
+    // A missing tokenizer is an Err naming the file.
+    let empty = Dir::new("no-tokenizer");
+    let e = Tokenizer::load(empty.path())
+        .err()
+        .expect("missing tokenizer");
+    assert!(e.to_string().contains("tokenizer.json"), "{e}");
+}
+
+#[test]
+fn generate_runs_a_checkpoint_directory_end_to_end() {
+    use polytensor::model::text::{Sampler, Sampling};
+    let dir = Dir::new("generate");
+    write_checkpoint(dir.path(), DType::F32, false);
+    write_tokenizer(dir.path());
+    // Greedy sampling from the logits = the model's argmax = the toy's greedy tokens.
+    let mut m =
+        Llama::load(dir.path(), Session::new(&Device::cpu()), DType::F32, None).expect("load");
+    let want = m.generate_greedy(&toy::PROMPT, 6).expect("greedy");
+    let mut greedy = Sampler::new(Sampling::default()).expect("sampler");
+    let top1 = Sampler::new(Sampling {
+        temperature: 0.8,
+        top_k: 1,
+        seed: 9,
+        ..Sampling::default()
+    })
+    .expect("sampler");
+    for mut sampler in [greedy, top1] {
+        m.reset();
+        let mut step = m.forward(&toy::PROMPT).expect("prefill");
+        let mut got = Vec::new();
+        while got.len() < 6 {
+            let next = sampler.next(&step.logits, &got);
+            got.push(next);
+            step = m.forward(&[next]).expect("decode");
+        }
+        assert_eq!(got, want, "{:?}", sampler.config);
+    }
+    greedy = Sampler::new(Sampling {
+        temperature: 1.0,
+        top_p: 0.9,
+        min_p: 0.05,
+        repetition_penalty: 1.3,
+        seed: 5,
+        ..Sampling::default()
+    })
+    .expect("sampler");
+    let mut again = Sampler::new(greedy.config.clone()).expect("sampler");
+    m.reset();
+    let step = m.forward(&toy::PROMPT).expect("prefill");
+    let a: Vec<u32> = (0..32).map(|_| greedy.next(&step.logits, &want)).collect();
+    let b: Vec<u32> = (0..32).map(|_| again.next(&step.logits, &want)).collect();
+    assert_eq!(a, b, "a seed gives the same draws");
+    assert!(a.iter().all(|&t| (t as usize) < toy::config().vocab));
+    assert!(
+        Sampler::new(Sampling {
+            top_p: 0.0,
+            ..Sampling::default()
+        })
+        .is_err()
+    );
+    // The CLI, on the CPU: the prompt comes back followed by the generated text.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_polytensor"))
+        .args(["generate", "--model"])
+        .arg(dir.path())
+        .args(["--prompt", "hi", "--max-tokens", "5", "--device", "cpu"])
+        .output()
+        .expect("run polytensor generate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.starts_with("hi"), "{stdout}");
+    assert!(
+        stderr.contains("decode:") && stderr.contains("tok/s"),
+        "{stderr}"
+    );
+    // A bad --dtype is a clear error.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_polytensor"))
+        .args(["generate", "--model"])
+        .arg(dir.path())
+        .args(["--prompt", "hi", "--dtype", "f8", "--device", "cpu"])
+        .output()
+        .expect("run polytensor generate");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("f8"));
+}
