@@ -75,6 +75,37 @@ pub fn llama_config(dir: &Path, max_len: Option<usize>) -> Result<LlamaConfig> {
             "field `rope_scaling` is set: scaled rope is not implemented",
         ));
     }
+    // transformers ≥ 5 writes `rope_parameters` {rope_theta, rope_type} instead.
+    let rope = v.get("rope_parameters").filter(|r| !r.is_null());
+    if let Some(t) = rope
+        .and_then(|r| r.get("rope_type"))
+        .and_then(Value::as_str)
+        && t != "default"
+    {
+        return Err(model_err(
+            &path,
+            format!(
+                "field `rope_parameters.rope_type` is `{t}`: only `default` rope is implemented"
+            ),
+        ));
+    }
+    if let Some(layers) = v.get("layer_types").and_then(Value::as_array)
+        && let Some(other) = layers
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|t| *t != "full_attention")
+    {
+        return Err(model_err(
+            &path,
+            format!("field `layer_types` has `{other}` layers: only full attention is implemented"),
+        ));
+    }
+    let theta = match rope.and_then(|r| r.get("rope_theta")) {
+        Some(t) => t.as_f64().ok_or_else(|| {
+            model_err(&path, "field `rope_parameters.rope_theta` is not a number")
+        })?,
+        None => f64_field("rope_theta", 10_000.0)?,
+    };
     let sliding = match arch {
         // Qwen2 configs carry a window that applies only when `use_sliding_window` is true.
         "Qwen2ForCausalLM" => flag("use_sliding_window"),
@@ -86,7 +117,14 @@ pub fn llama_config(dir: &Path, max_len: Option<usize>) -> Result<LlamaConfig> {
             "field `sliding_window` is enabled: sliding-window attention is not implemented",
         ));
     }
-    for f in ["attention_bias", "mlp_bias"] {
+    // Qwen2's q/k/v biases are part of the architecture (its configs may say so); elsewhere an
+    // attention bias would also bias the output projection, which is not implemented.
+    let unimplemented: &[&str] = if arch == "Qwen2ForCausalLM" {
+        &["mlp_bias"]
+    } else {
+        &["attention_bias", "mlp_bias"]
+    };
+    for &f in unimplemented {
         if flag(f) {
             return Err(model_err(
                 &path,
@@ -112,7 +150,7 @@ pub fn llama_config(dir: &Path, max_len: Option<usize>) -> Result<LlamaConfig> {
         kv_heads: opt_usize("num_key_value_heads").unwrap_or(heads),
         head_dim: opt_usize("head_dim").unwrap_or(hidden / heads.max(1)),
         ffn: usize_field("intermediate_size")?,
-        rope_theta: f64_field("rope_theta", 10_000.0)?,
+        rope_theta: theta,
         rms_eps: f64_field("rms_norm_eps", 1e-6)?,
         tie_embeddings: flag("tie_word_embeddings"),
         qkv_bias: arch == "Qwen2ForCausalLM",

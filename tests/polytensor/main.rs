@@ -11,6 +11,8 @@ mod matmul;
 mod model;
 #[cfg(feature = "models")]
 mod model_load;
+#[cfg(feature = "models")]
+mod model_ref;
 mod movement;
 mod ops;
 mod plans;
