@@ -70,6 +70,26 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Sentence embeddings with a BERT-family checkpoint directory (config.json,
+    /// model.safetensors, tokenizer.json), and their cosine similarity matrix.
+    Embed {
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// The sentences.
+        #[arg(required = true)]
+        sentences: Vec<String>,
+        #[arg(long)]
+        device: Option<String>,
+        /// f32, f16 or bf16 storage.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// mean (over the real tokens) or cls.
+        #[arg(long, default_value = "mean")]
+        pooling: String,
+        /// Print JSON: {"embeddings": [...], "similarity": [...]}.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -103,6 +123,21 @@ fn main() -> ExitCode {
                 repetition_penalty: repeat_penalty,
                 seed,
             },
+        ),
+        Command::Embed {
+            model,
+            sentences,
+            device,
+            dtype,
+            pooling,
+            json,
+        } => embed(
+            &model,
+            &sentences,
+            device.as_deref(),
+            &dtype,
+            &pooling,
+            json,
         ),
     };
     match result {
@@ -285,21 +320,7 @@ fn generate(
     sampling: Sampling,
 ) -> Result<bool> {
     use std::io::Write;
-    let dtype = match dtype {
-        "f32" => DType::F32,
-        "f16" => DType::F16,
-        "bf16" => DType::BF16,
-        other => {
-            return Err(Error::InvalidArgument {
-                op: "generate",
-                msg: format!("--dtype {other}: f32, f16 or bf16 expected"),
-            });
-        }
-    };
-    let device = match device {
-        Some(q) => Device::select(&Device::list(), Some(q))?,
-        None => Device::auto()?,
-    };
+    let (device, dtype) = device_and_dtype(device, dtype)?;
     let mut sampler = Sampler::new(sampling)?;
     let tokenizer = Tokenizer::load(dir)?;
     let ids = tokenizer.encode(prompt, true)?;
@@ -353,6 +374,80 @@ fn generate(
         produced.saturating_sub(1),
         produced.saturating_sub(1) as f64 / decode.max(1e-9),
         peak_rss().map_or("unknown".to_string(), fmt_bytes)
+    );
+    Ok(true)
+}
+
+/// `--device` (default: the best) and `--dtype` (f32, f16 or bf16).
+fn device_and_dtype(device: Option<&str>, dtype: &str) -> Result<(Device, DType)> {
+    let dtype = match dtype {
+        "f32" => DType::F32,
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        other => {
+            return Err(Error::InvalidArgument {
+                op: "cli",
+                msg: format!("--dtype {other}: f32, f16 or bf16 expected"),
+            });
+        }
+    };
+    let device = match device {
+        Some(q) => Device::select(&Device::list(), Some(q))?,
+        None => Device::auto()?,
+    };
+    Ok((device, dtype))
+}
+
+fn embed(
+    dir: &std::path::Path,
+    sentences: &[String],
+    device: Option<&str>,
+    dtype: &str,
+    pooling: &str,
+    json: bool,
+) -> Result<bool> {
+    use polytensor::model::bert::{Bert, Pooling, cosine_matrix};
+    let (device, dtype) = device_and_dtype(device, dtype)?;
+    let pooling = match pooling {
+        "mean" => Pooling::Mean,
+        "cls" => Pooling::Cls,
+        other => {
+            return Err(Error::InvalidArgument {
+                op: "embed",
+                msg: format!("--pooling {other}: mean or cls expected"),
+            });
+        }
+    };
+    let tokenizer = Tokenizer::load(dir)?;
+    let batch = sentences
+        .iter()
+        .map(|s| tokenizer.encode(s, true))
+        .collect::<Result<Vec<_>>>()?;
+    let mut model = Bert::load(dir, Session::new(&device), dtype, batch.len())?;
+    let t0 = Instant::now();
+    let out = model.encode(&batch, pooling)?;
+    let took = t0.elapsed().as_secs_f64();
+    let sim = cosine_matrix(&out.embeddings);
+    if json {
+        let v = serde_json::json!({"embeddings": out.embeddings, "similarity": sim});
+        println!("{v}");
+    } else {
+        for (s, e) in sentences.iter().zip(&out.embeddings) {
+            let head: Vec<String> = e.iter().take(6).map(|x| format!("{x:+.4}")).collect();
+            println!("{s:?}: [{}, …] ({} dims)", head.join(", "), e.len());
+        }
+        println!("cosine similarity:");
+        for (i, row) in sim.iter().enumerate() {
+            let cells: Vec<String> = row.iter().map(|x| format!("{x:6.3}")).collect();
+            println!("  [{i}] {}", cells.join(" "));
+        }
+    }
+    eprintln!(
+        "{} sentences on {} ({dtype}) in {:.1} ms ({:.0} sentences/s)",
+        sentences.len(),
+        device.info().name,
+        took * 1e3,
+        sentences.len() as f64 / took
     );
     Ok(true)
 }

@@ -164,6 +164,65 @@ pub fn llama_config(dir: &Path, max_len: Option<usize>) -> Result<LlamaConfig> {
     Ok(config)
 }
 
+/// A BERT-family config from `dir/config.json` (`BertModel`, `BertForMaskedLM`, … or
+/// `model_type: bert`); `max_batch` sentences per batch.
+pub fn bert_config(dir: &Path, max_batch: usize) -> Result<super::bert::BertConfig> {
+    let path = dir.join("config.json");
+    let v = read_json(&path)?;
+    let arch = v
+        .get("architectures")
+        .and_then(|a| a.get(0))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let bert =
+        arch.starts_with("Bert") || v.get("model_type").and_then(Value::as_str) == Some("bert");
+    if !bert {
+        return Err(model_err(
+            &path,
+            format!("architecture `{arch}` is not a BERT-family encoder (BertModel, BertFor…)"),
+        ));
+    }
+    let usize_field = |name: &str| -> Result<usize> {
+        v.get(name)
+            .and_then(Value::as_u64)
+            .map(|x| x as usize)
+            .ok_or_else(|| model_err(&path, format!("field `{name}` missing or not an integer")))
+    };
+    if let Some(act) = v.get("hidden_act").and_then(Value::as_str)
+        && act != "gelu"
+    {
+        return Err(model_err(
+            &path,
+            format!("field `hidden_act` is `{act}`: only `gelu` (erf) is implemented"),
+        ));
+    }
+    if let Some(p) = v.get("position_embedding_type").and_then(Value::as_str)
+        && p != "absolute"
+    {
+        return Err(model_err(
+            &path,
+            format!("field `position_embedding_type` is `{p}`: only `absolute` is implemented"),
+        ));
+    }
+    Ok(super::bert::BertConfig {
+        vocab: usize_field("vocab_size")?,
+        hidden: usize_field("hidden_size")?,
+        layers: usize_field("num_hidden_layers")?,
+        heads: usize_field("num_attention_heads")?,
+        ffn: usize_field("intermediate_size")?,
+        max_positions: usize_field("max_position_embeddings")?,
+        type_vocab: v
+            .get("type_vocab_size")
+            .and_then(Value::as_u64)
+            .unwrap_or(2) as usize,
+        eps: v
+            .get("layer_norm_eps")
+            .and_then(Value::as_f64)
+            .unwrap_or(1e-12),
+        max_batch: max_batch.max(1),
+    })
+}
+
 /// The safetensors files of a checkpoint, memory-mapped, and which file holds each tensor.
 pub struct Checkpoint {
     files: Vec<(PathBuf, memmap2::Mmap)>,

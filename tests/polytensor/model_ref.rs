@@ -148,3 +148,120 @@ fn tiny_qwen2_matches_transformers_on_every_device() {
     check("tiny-qwen2", DType::F32);
     check("tiny-qwen2", DType::F16);
 }
+
+/// tests/data/tiny-bert: a BertModel with a WordPiece tokenizer; transformers' last hidden
+/// states and mean-pooled, L2-normalised embeddings of three sentences as one padded batch
+/// (lengths 9, 14 and 3). Every device tokenizes the same ids, and gives the hidden states (the
+/// padded positions included: both mask keys only) and the embeddings within 1e-4 × max(1, |ref|)
+/// in f32; bf16 storage within 32 bf16 ulps; and the CLI prints the similarity matrix.
+#[test]
+fn tiny_bert_matches_transformers_on_every_device() {
+    use polytensor::model::bert::{Bert, Pooling, cosine_matrix};
+    use polytensor::model::text::Tokenizer;
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-bert");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).expect("ref"))
+            .expect("json");
+    let lengths: Vec<usize> = v["lengths"]
+        .as_array()
+        .expect("lengths")
+        .iter()
+        .map(|x| x.as_u64().expect("len") as usize)
+        .collect();
+    let ids: Vec<Vec<u32>> = v["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .zip(&lengths)
+        .map(|(row, &n)| {
+            row.as_array().expect("row")[..n]
+                .iter()
+                .map(|x| x.as_u64().expect("id") as u32)
+                .collect()
+        })
+        .collect();
+    let flat = |x: &serde_json::Value| -> Vec<f32> {
+        fn walk(x: &serde_json::Value, out: &mut Vec<f32>) {
+            match x {
+                serde_json::Value::Array(a) => a.iter().for_each(|y| walk(y, out)),
+                y => out.push(y.as_f64().expect("number") as f32),
+            }
+        }
+        let mut out = Vec::new();
+        walk(x, &mut out);
+        out
+    };
+    let (hidden_ref, emb_ref) = (flat(&v["hidden"]), flat(&v["embeddings"]));
+    // The tokenizer gives transformers' ids.
+    let tok = Tokenizer::load(&dir).expect("tokenizer");
+    for (s, want) in v["sentences"]
+        .as_array()
+        .expect("sentences")
+        .iter()
+        .zip(&ids)
+    {
+        let got = tok.encode(s.as_str().expect("text"), true).expect("encode");
+        assert_eq!(&got, want, "{s}");
+    }
+    let close = |what: &str, got: &[f32], want: &[f32], rel: f32| {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        let scale = want.iter().fold(1f32, |m, x| m.max(x.abs()));
+        let err = got
+            .iter()
+            .zip(want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            err <= rel * scale,
+            "{what}: max |Δ| {err} over {}",
+            rel * scale
+        );
+        err / scale
+    };
+    for device in devices_under_test() {
+        let dev = device.info().name.clone();
+        for (dtype, rel) in [(DType::F32, 1e-4f32), (DType::BF16, 32.0 / 256.0)] {
+            let mut s = Session::new(&device);
+            s.set_fallback(FallbackPolicy::Deny);
+            let mut m = Bert::load(&dir, s, dtype, 4).unwrap_or_else(|e| panic!("{dev}: {e}"));
+            let out = m.encode(&ids, Pooling::Mean).expect("encode");
+            let what = format!("tiny-bert {dtype} on {dev}");
+            let e1 = close(
+                &format!("{what}: hidden"),
+                &out.hidden.to_f32_vec(),
+                &hidden_ref,
+                rel,
+            );
+            let got: Vec<f32> = out.embeddings.concat();
+            let e2 = close(&format!("{what}: embeddings"), &got, &emb_ref, rel);
+            eprintln!("{what}: largest relative |Δ| hidden {e1:.2e}, embeddings {e2:.2e}");
+            // Normalised: the diagonal of the similarity matrix is 1.
+            for (i, row) in cosine_matrix(&out.embeddings).iter().enumerate() {
+                assert!((row[i] - 1.0).abs() < 1e-3, "{what}: ‖e{i}‖² = {}", row[i]);
+            }
+        }
+    }
+    // The CLI: embeddings as JSON, on the CPU.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_polytensor"))
+        .args(["embed", "--model"])
+        .arg(&dir)
+        .args([
+            "--device",
+            "cpu",
+            "--json",
+            "the cat sat on the mat.",
+            "hello",
+        ])
+        .output()
+        .expect("run polytensor embed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON output");
+    let sim = v["similarity"].as_array().expect("similarity");
+    assert_eq!(sim.len(), 2);
+    let e0 = flat(&v["embeddings"][0]);
+    close("CLI embedding of sentence 0", &e0, &emb_ref[..64], 1e-4);
+}
