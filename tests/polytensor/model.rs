@@ -164,3 +164,52 @@ fn bad_configs_weights_and_positions_are_errors() {
         other => panic!("expected a token error, got {other:?}"),
     }
 }
+
+/// An embedding table and LM head over the storage binding limit (lowered to 128 KiB here; a real
+/// 151936×896 f32 table is 545 MB against lavapipe's 128 MiB): the gather and the transposed
+/// head matmul are split over bindings, nothing falls back to the CPU, and the tokens are the
+/// CPU's.
+#[test]
+fn a_vocabulary_over_the_binding_limit_is_split_over_bindings() {
+    use polytensor::backend::wgpu::devices_with_binding_limit;
+    let config = LlamaConfig {
+        vocab: 1024,
+        ..toy::config()
+    };
+    // The table is 1024 × 128 f32 = 512 KiB.
+    let limit = 128 * 1024;
+    let mut cpu = Llama::new(
+        Session::new(&Device::cpu()),
+        config.clone(),
+        DType::F32,
+        toy::weight,
+    )
+    .expect("cpu");
+    let want = cpu.generate_greedy(&toy::PROMPT, 5).expect("cpu tokens");
+    let small = devices_with_binding_limit(limit);
+    if small.is_empty() {
+        assert!(
+            std::env::var("POLYTENSOR_REQUIRE_GPU").is_err(),
+            "no adapter, but POLYTENSOR_REQUIRE_GPU is set"
+        );
+        eprintln!("skipped: no GPU adapter");
+    }
+    for device in small {
+        let name = device.info().name.clone();
+        let mut m = Llama::new(session(&device), config.clone(), DType::F32, toy::weight)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let got = m.generate_greedy(&toy::PROMPT, 5).expect("tokens");
+        assert_eq!(got, want, "{name}");
+        let gathers = m
+            .session()
+            .last_run_stats()
+            .launches
+            .iter()
+            .filter(|l| l.kernel.contains("gather"))
+            .count();
+        assert!(
+            gathers >= 4,
+            "{name}: the table's gather in ≥ 4 ranges, saw {gathers}"
+        );
+    }
+}
