@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use polytensor::model::llama::Llama;
-use polytensor::model::text::{Sampler, Sampling, Tokenizer};
+use polytensor::model::text::{ChatTemplate, Sampler, Sampling, Tokenizer};
 use polytensor::{DType, Device, Error, Graph, Result, Session, Tensor};
 
 #[derive(Parser)]
@@ -69,6 +69,10 @@ enum Command {
         repeat_penalty: f32,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Wrap the prompt as a user message in the model's chat template (chat_template.jinja
+        /// or tokenizer_config.json) and generate the assistant's reply.
+        #[arg(long)]
+        chat: bool,
     },
     /// Sentence embeddings with a BERT-family checkpoint directory (config.json,
     /// model.safetensors, tokenizer.json), and their cosine similarity matrix.
@@ -109,9 +113,11 @@ fn main() -> ExitCode {
             min_p,
             repeat_penalty,
             seed,
+            chat,
         } => generate(
             &model,
             &prompt,
+            chat,
             device.as_deref(),
             &dtype,
             max_tokens,
@@ -314,6 +320,7 @@ fn peak_rss() -> Option<u64> {
 fn generate(
     dir: &std::path::Path,
     prompt: &str,
+    chat: bool,
     device: Option<&str>,
     dtype: &str,
     max_tokens: usize,
@@ -323,7 +330,20 @@ fn generate(
     let (device, dtype) = device_and_dtype(device, dtype)?;
     let mut sampler = Sampler::new(sampling)?;
     let tokenizer = Tokenizer::load(dir)?;
-    let ids = tokenizer.encode(prompt, true)?;
+    let ids = if chat {
+        let template = ChatTemplate::load(dir)?.ok_or_else(|| Error::InvalidArgument {
+            op: "generate",
+            msg: format!(
+                "--chat: {} has no chat template (chat_template.jinja or `chat_template` in \
+                 tokenizer_config.json)",
+                dir.display()
+            ),
+        })?;
+        // The template writes the special tokens itself.
+        tokenizer.encode(&template.render(&[("user", prompt)], true)?, false)?
+    } else {
+        tokenizer.encode(prompt, true)?
+    };
     // The cache holds the prompt and the new tokens (at most the model's own limit).
     let limit = polytensor::model::load::llama_config(dir, None)?.max_len;
     let max_len = (ids.len() + max_tokens).min(limit.max(ids.len() + 1));
@@ -337,7 +357,9 @@ fn generate(
         ids.len()
     );
     let mut out = std::io::stdout().lock();
-    let _ = write!(out, "{prompt}");
+    if !chat {
+        let _ = write!(out, "{prompt}");
+    }
     let _ = out.flush();
     let mut stream = tokenizer.stream();
     let mut seen = ids.clone();

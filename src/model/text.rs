@@ -263,3 +263,94 @@ impl Sampler {
         idx[keep - 1] as u32
     }
 }
+
+/// A model's chat template: `chat_template.jinja`, or `chat_template` in `tokenizer_config.json`
+/// (a string, or a list of named templates, of which `default` is used), rendered with minijinja
+/// and Python's string methods (minijinja-contrib), as Hugging Face's `apply_chat_template` does.
+pub struct ChatTemplate {
+    source: String,
+    bos: String,
+    eos: String,
+}
+
+impl ChatTemplate {
+    /// The template of `dir`, or `None` when it has none.
+    pub fn load(dir: &Path) -> Result<Option<ChatTemplate>> {
+        let config_path = dir.join("tokenizer_config.json");
+        let config: serde_json::Value = match std::fs::read_to_string(&config_path) {
+            Ok(t) => serde_json::from_str(&t)
+                .map_err(|e| text_err(&config_path, format!("not JSON: {e}")))?,
+            Err(_) => serde_json::Value::Null,
+        };
+        // A special token is a string or {"content": …}.
+        let token = |name: &str| -> String {
+            match config.get(name) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(v) => v
+                    .get("content")
+                    .and_then(|c| c.as_str())
+                    .unwrap_or("")
+                    .to_string(),
+                None => String::new(),
+            }
+        };
+        let file = dir.join("chat_template.jinja");
+        let source = if file.exists() {
+            Some(std::fs::read_to_string(&file).map_err(|e| text_err(&file, e))?)
+        } else {
+            match config.get("chat_template") {
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(serde_json::Value::Array(list)) => list
+                    .iter()
+                    .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                    .or_else(|| list.first())
+                    .and_then(|t| t.get("template"))
+                    .and_then(|t| t.as_str())
+                    .map(str::to_string),
+                _ => None,
+            }
+        };
+        Ok(source.map(|source| ChatTemplate {
+            source,
+            bos: token("bos_token"),
+            eos: token("eos_token"),
+        }))
+    }
+
+    /// The prompt text of `messages` (role, content), ending with the assistant's turn when
+    /// `add_generation_prompt`.
+    pub fn render(&self, messages: &[(&str, &str)], add_generation_prompt: bool) -> Result<String> {
+        let err = |e: minijinja::Error| Error::InvalidArgument {
+            op: "chat template",
+            msg: format!("{e:#}"),
+        };
+        let mut env = minijinja::Environment::new();
+        minijinja_contrib::add_to_environment(&mut env);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
+        env.add_template("chat", &self.source).map_err(err)?;
+        let messages: minijinja::Value = messages
+            .iter()
+            .map(|(role, content)| {
+                minijinja::Value::from_pairs([("role", *role), ("content", *content)])
+            })
+            .collect();
+        let ctx = minijinja::context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos.as_str(),
+            eos_token => self.eos.as_str(),
+        };
+        env.get_template("chat")
+            .and_then(|t| t.render(ctx))
+            .map_err(err)
+    }
+}

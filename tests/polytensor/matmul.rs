@@ -157,3 +157,16 @@ fn matmul_aligned_kernel_classes() {
         check(dtype, (&[], &[], 64, 64, 64), false, false, &mut rng);
     }
 }
+
+#[test]
+fn decode_matvec_against_16_bit_weights() {
+    // 1 to 4 rows (batch dims folded in) against a transposed [N, K] 16-bit weight: the CPU reads
+    // the weight as stored (no widened copy); odd K and N, K = 783, a row count of 3.
+    let mut rng = Rng::new(14);
+    for dtype in [DType::F16, DType::BF16] {
+        check(dtype, (&[], &[], 1, 783, 131), false, true, &mut rng);
+        check(dtype, (&[], &[], 3, 17, 5), false, true, &mut rng);
+        check(dtype, (&[2], &[], 2, 64, 300), false, true, &mut rng);
+        check(dtype, (&[], &[], 4, 1, 1), false, true, &mut rng);
+    }
+}

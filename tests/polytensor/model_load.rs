@@ -432,3 +432,78 @@ fn generate_runs_a_checkpoint_directory_end_to_end() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("f8"));
 }
+
+#[test]
+fn chat_templates_render_as_transformers_does() {
+    use polytensor::model::text::ChatTemplate;
+    let dir = Dir::new("chat");
+    assert!(
+        ChatTemplate::load(dir.path())
+            .expect("no template")
+            .is_none()
+    );
+    // tokenizer_config.json: special tokens as a string and as an object, Python string methods.
+    let template = "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'].strip() }}{{ eos_token }}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}";
+    let config = serde_json::json!({
+        "bos_token": "<s>",
+        "eos_token": {"content": "</s>", "lstrip": false},
+        "chat_template": template,
+    });
+    std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).expect("config");
+    let t = ChatTemplate::load(dir.path())
+        .expect("load")
+        .expect("a template");
+    assert_eq!(
+        t.render(&[("system", "be brief "), ("user", "  hi")], true)
+            .expect("render"),
+        "<s><|system|>be brief</s><|user|>hi</s><|assistant|>"
+    );
+    assert_eq!(
+        t.render(&[("user", "hi")], false).expect("render"),
+        "<s><|user|>hi</s>"
+    );
+    // A named list picks `default`; chat_template.jinja wins over the config.
+    let config = serde_json::json!({"chat_template": [
+        {"name": "tool_use", "template": "tools"},
+        {"name": "default", "template": "{% for m in messages %}[{{ m.content }}]{% endfor %}"},
+    ]});
+    std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).expect("config");
+    let t = ChatTemplate::load(dir.path())
+        .expect("load")
+        .expect("a template");
+    assert_eq!(t.render(&[("user", "x")], true).expect("render"), "[x]");
+    std::fs::write(
+        dir.path().join("chat_template.jinja"),
+        "{% if messages[0]['role'] != 'user' %}{{ raise_exception('users first') }}{% endif %}ok",
+    )
+    .expect("jinja");
+    let t = ChatTemplate::load(dir.path())
+        .expect("load")
+        .expect("a template");
+    assert_eq!(t.render(&[("user", "x")], true).expect("render"), "ok");
+    let e = t
+        .render(&[("system", "x")], true)
+        .err()
+        .expect("raise_exception");
+    assert!(e.to_string().contains("users first"), "{e}");
+    // `generate --chat` on a checkpoint with a template.
+    let dir = Dir::new("chat-generate");
+    write_checkpoint(dir.path(), DType::F32, false);
+    write_tokenizer(dir.path());
+    std::fs::write(
+        dir.path().join("chat_template.jinja"),
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>",
+    )
+    .expect("jinja");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_polytensor"))
+        .args(["generate", "--chat", "--model"])
+        .arg(dir.path())
+        .args(["--prompt", "hi", "--max-tokens", "3", "--device", "cpu"])
+        .output()
+        .expect("run polytensor generate --chat");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

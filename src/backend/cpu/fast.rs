@@ -169,6 +169,28 @@ pub(crate) fn eval(
             transpose_a,
             transpose_b,
         } => {
+            // Decode (≤ 4 rows) against a 16-bit [N, K] weight: read the weight as stored.
+            let (sa_, sb_) = (ins[0].1, ins[1].1);
+            let k = sb_.get(1).copied().unwrap_or(0);
+            let rows = sa_.iter().product::<usize>().checked_div(k).unwrap_or(0);
+            if !*transpose_a
+                && *transpose_b
+                && sb_.len() == 2
+                && sa_.last() == Some(&k)
+                && (1..=4).contains(&rows)
+                && let Some(y) = {
+                    let mut sa = scratch_take();
+                    let a = widen(ins[0].0, &mut sa);
+                    let y = matmul::matvec_t16(a, rows, k, ins[1].0, sb_[0]);
+                    scratch_give(sa);
+                    y
+                }
+            {
+                if node.dtype.size_of() == 2 {
+                    return Ok(narrow(&y, node.dtype, node.rounding, seed, counter));
+                }
+                return Ok(Storage::F32(y));
+            }
             // 16-bit operands are widened into recycled scratch buffers (F16C block
             // conversion), then the f32 kernel runs: faster here than a native f16 GEMM.
             let mut sa = scratch_take();
