@@ -483,8 +483,7 @@ fn chat_templates_render_as_transformers_does() {
     assert_eq!(t.render(&[("user", "x")], true).expect("render"), "ok");
     let e = t
         .render(&[("system", "x")], true)
-        .err()
-        .expect("raise_exception");
+        .expect_err("raise_exception");
     assert!(e.to_string().contains("users first"), "{e}");
     // `generate --chat` on a checkpoint with a template.
     let dir = Dir::new("chat-generate");
