@@ -336,3 +336,69 @@ impl Llama {
         Ok(out)
     }
 }
+
+/// Tokens as they are produced (see [`Llama::generate`]).
+pub struct Generate<'m, F: FnMut(&[f32], &[u32]) -> u32> {
+    model: &'m mut Llama,
+    choose: F,
+    pending: Option<Vec<u32>>,
+    logits: Vec<f32>,
+    seen: Vec<u32>,
+    left: usize,
+    stop: Vec<u32>,
+}
+
+impl<F: FnMut(&[f32], &[u32]) -> u32> Iterator for Generate<'_, F> {
+    type Item = Result<u32>;
+
+    fn next(&mut self) -> Option<Result<u32>> {
+        if self.left == 0 {
+            return None;
+        }
+        // The prompt (prefill) on the first call, then the previous token (decode).
+        if let Some(ids) = self.pending.take() {
+            match self.model.forward(&ids) {
+                Ok(step) => self.logits = step.logits,
+                Err(e) => {
+                    self.left = 0;
+                    return Some(Err(e));
+                }
+            }
+        }
+        let next = (self.choose)(&self.logits, &self.seen);
+        self.left -= 1;
+        if self.stop.contains(&next) {
+            self.left = 0;
+            return None;
+        }
+        self.seen.push(next);
+        if self.left > 0 {
+            self.pending = Some(vec![next]);
+        }
+        Some(Ok(next))
+    }
+}
+
+impl Llama {
+    /// Generates up to `max` tokens after `prompt` (prefilled from position 0), each chosen by
+    /// `choose(logits, tokens so far)` (e.g. a `text::Sampler`, or an argmax), stopping early at
+    /// a token in `stop`, as an iterator: each token comes out as soon as its step ran.
+    pub fn generate<F: FnMut(&[f32], &[u32]) -> u32>(
+        &mut self,
+        prompt: &[u32],
+        max: usize,
+        stop: &[u32],
+        choose: F,
+    ) -> Generate<'_, F> {
+        self.reset();
+        Generate {
+            model: self,
+            choose,
+            pending: Some(prompt.to_vec()),
+            logits: Vec::new(),
+            seen: prompt.to_vec(),
+            left: max,
+            stop: stop.to_vec(),
+        }
+    }
+}

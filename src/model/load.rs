@@ -27,6 +27,22 @@ fn model_err(path: &Path, msg: impl std::fmt::Display) -> Error {
     }
 }
 
+/// The first entry of `architectures` ("" when absent).
+fn architecture(v: &Value) -> &str {
+    v.get("architectures")
+        .and_then(|a| a.get(0))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+/// A required integer field of a config.
+fn usize_field(v: &Value, path: &Path, name: &str) -> Result<usize> {
+    v.get(name)
+        .and_then(Value::as_u64)
+        .map(|x| x as usize)
+        .ok_or_else(|| model_err(path, format!("field `{name}` missing or not an integer")))
+}
+
 /// `config.json` of `dir`, parsed.
 fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| model_err(path, e))?;
@@ -38,11 +54,7 @@ fn read_json(path: &Path) -> Result<Value> {
 pub fn llama_config(dir: &Path, max_len: Option<usize>) -> Result<LlamaConfig> {
     let path = dir.join("config.json");
     let v = read_json(&path)?;
-    let arch = v
-        .get("architectures")
-        .and_then(|a| a.get(0))
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let arch = architecture(&v);
     if !DECODERS.contains(&arch) {
         return Err(model_err(
             &path,
@@ -52,12 +64,7 @@ pub fn llama_config(dir: &Path, max_len: Option<usize>) -> Result<LlamaConfig> {
             ),
         ));
     }
-    let usize_field = |name: &str| -> Result<usize> {
-        v.get(name)
-            .and_then(Value::as_u64)
-            .map(|x| x as usize)
-            .ok_or_else(|| model_err(&path, format!("field `{name}` missing or not an integer")))
-    };
+    let usize_field = |name: &str| usize_field(&v, &path, name);
     let opt_usize = |name: &str| v.get(name).and_then(Value::as_u64).map(|x| x as usize);
     let f64_field = |name: &str, default: f64| -> Result<f64> {
         match v.get(name) {
@@ -169,11 +176,7 @@ pub fn llama_config(dir: &Path, max_len: Option<usize>) -> Result<LlamaConfig> {
 pub fn bert_config(dir: &Path, max_batch: usize) -> Result<super::bert::BertConfig> {
     let path = dir.join("config.json");
     let v = read_json(&path)?;
-    let arch = v
-        .get("architectures")
-        .and_then(|a| a.get(0))
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let arch = architecture(&v);
     let bert =
         arch.starts_with("Bert") || v.get("model_type").and_then(Value::as_str) == Some("bert");
     if !bert {
@@ -182,12 +185,7 @@ pub fn bert_config(dir: &Path, max_batch: usize) -> Result<super::bert::BertConf
             format!("architecture `{arch}` is not a BERT-family encoder (BertModel, BertFor…)"),
         ));
     }
-    let usize_field = |name: &str| -> Result<usize> {
-        v.get(name)
-            .and_then(Value::as_u64)
-            .map(|x| x as usize)
-            .ok_or_else(|| model_err(&path, format!("field `{name}` missing or not an integer")))
-    };
+    let usize_field = |name: &str| usize_field(&v, &path, name);
     if let Some(act) = v.get("hidden_act").and_then(Value::as_str)
         && act != "gelu"
     {

@@ -213,3 +213,45 @@ fn a_vocabulary_over_the_binding_limit_is_split_over_bindings() {
         );
     }
 }
+
+#[test]
+fn generation_is_an_iterator_that_stops_at_end_of_text() {
+    let new = || {
+        Llama::new(
+            Session::new(&Device::cpu()),
+            toy::config(),
+            DType::F32,
+            toy::weight,
+        )
+        .expect("model")
+    };
+    let want = new().generate_greedy(&toy::PROMPT, 6).expect("greedy");
+    let argmax = |l: &[f32], _: &[u32]| {
+        l.iter()
+            .enumerate()
+            .fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
+            .0 as u32
+    };
+    let mut m = new();
+    let got: Vec<u32> = m
+        .generate(&toy::PROMPT, 6, &[], argmax)
+        .collect::<polytensor::Result<_>>()
+        .expect("tokens");
+    assert_eq!(got, want);
+    // Stopping at the third token's id yields the two before it.
+    let stopped: Vec<u32> = m
+        .generate(&toy::PROMPT, 6, &[want[2]], argmax)
+        .collect::<polytensor::Result<_>>()
+        .expect("tokens");
+    let first = want.iter().position(|&t| t == want[2]).unwrap_or(2);
+    assert_eq!(stopped, want[..first]);
+    // The choice sees the prompt and the tokens so far.
+    let mut lens = Vec::new();
+    let _: Vec<_> = m
+        .generate(&toy::PROMPT, 3, &[], |l, seen| {
+            lens.push(seen.len());
+            argmax(l, seen)
+        })
+        .collect();
+    assert_eq!(lens, [8, 9, 10]);
+}

@@ -130,6 +130,30 @@ pub(crate) fn reference(
     lengths: Option<&[u32]>,
 ) -> Vec<f64> {
     let mut out = vec![0.0; g.b * g.hq * g.sq * g.d];
+    for_each_row(g, q, k, lengths, |qb, kb, s| {
+        let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = s.iter().map(|&x| (x - m).exp()).collect();
+        let sum: f64 = e.iter().sum();
+        let o = &mut out[qb..qb + g.d];
+        for (j, &p) in e.iter().enumerate() {
+            let vr = &v[kb + j * g.d..kb + (j + 1) * g.d];
+            for (x, &y) in o.iter_mut().zip(vr) {
+                *x += p / sum * y;
+            }
+        }
+    });
+    out
+}
+
+/// Calls `f(q row offset, k/v head offset, scaled scores of the visible keys)` for every query
+/// row that sees at least one key.
+fn for_each_row(
+    g: &Geometry,
+    q: &[f64],
+    k: &[f64],
+    lengths: Option<&[u32]>,
+    mut f: impl FnMut(usize, usize, &[f64]),
+) {
     for b in 0..g.b {
         for h in 0..g.hq {
             for i in 0..g.sq {
@@ -145,20 +169,10 @@ pub(crate) fn reference(
                         g.scale * qr.iter().zip(kr).map(|(a, b)| a * b).sum::<f64>()
                     })
                     .collect();
-                let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let e: Vec<f64> = s.iter().map(|&x| (x - m).exp()).collect();
-                let sum: f64 = e.iter().sum();
-                let o = &mut out[qb..qb + g.d];
-                for (j, &p) in e.iter().enumerate() {
-                    let vr = &v[kb + j * g.d..kb + (j + 1) * g.d];
-                    for (x, &y) in o.iter_mut().zip(vr) {
-                        *x += p / sum * y;
-                    }
-                }
+                f(qb, kb, &s);
             }
         }
     }
-    out
 }
 
 /// The row's log-sum-exp for a row with no visible key (settled decision 1: a finite sentinel).
@@ -173,26 +187,10 @@ pub(crate) fn lse_reference(
     lengths: Option<&[u32]>,
 ) -> Vec<f64> {
     let mut out = vec![f64::from(LSE_EMPTY); g.b * g.hq * g.sq];
-    for b in 0..g.b {
-        for h in 0..g.hq {
-            for i in 0..g.sq {
-                let (qb, kb) = g.bases(b, h, i);
-                let n = g.visible(b, i, lengths);
-                if n == 0 {
-                    continue;
-                }
-                let qr = &q[qb..qb + g.d];
-                let s: Vec<f64> = (0..n)
-                    .map(|j| {
-                        let kr = &k[kb + j * g.d..kb + (j + 1) * g.d];
-                        g.scale * qr.iter().zip(kr).map(|(a, b)| a * b).sum::<f64>()
-                    })
-                    .collect();
-                let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                out[qb / g.d] = m + s.iter().map(|&x| (x - m).exp()).sum::<f64>().ln();
-            }
-        }
-    }
+    for_each_row(g, q, k, lengths, |qb, _, s| {
+        let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        out[qb / g.d] = m + s.iter().map(|&x| (x - m).exp()).sum::<f64>().ln();
+    });
     out
 }
 
