@@ -6,11 +6,15 @@
 //! bytes (the decode limit: every weight byte is read once per token) and the `gemm` crate's f32
 //! rate on the prefill's largest matmul shape (the prefill limit).
 //!
+//! Then a MiniLM-shaped encoder (6 layers, hidden 384, 12 heads, ffn 1536, vocabulary 30522):
+//! sentences/s for a batch of 32 sentences of 12–28 tokens, f32.
+//!
 //! Run: `cargo run --release --example llama_speed [-- vulkan]` (`POLYTENSOR_SPEED_DECODE` tokens,
-//! default 32).
+//! default 32; `POLYTENSOR_SPEED_ONLY=encoder` for the encoder rows alone).
 
 use std::time::Instant;
 
+use polytensor::model::bert::{Bert, BertConfig, Pooling};
 use polytensor::model::llama::{Llama, LlamaConfig};
 use polytensor::model::toy;
 use polytensor::{DType, Device, FallbackPolicy, Session};
@@ -141,7 +145,8 @@ fn main() -> polytensor::Result<()> {
         "| device | dtype | load s | prefill tok/s | % of gemm rate | decode tok/s | bandwidth limit tok/s | % of limit | launches/step | peak RSS MB |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
-    for device in &devices {
+    let decoder = std::env::var("POLYTENSOR_SPEED_ONLY").map_or(true, |v| v != "encoder");
+    for device in devices.iter().filter(|_| decoder) {
         for dtype in [DType::F32, DType::BF16] {
             let weight_bytes = params * dtype.size_of();
             let limit = bw * 1e9 / weight_bytes as f64;
@@ -172,6 +177,51 @@ fn main() -> polytensor::Result<()> {
                 peak_rss_mb()
             );
         }
+    }
+    // The MiniLM-shaped encoder.
+    let minilm = BertConfig {
+        vocab: 30522,
+        hidden: 384,
+        layers: 6,
+        heads: 12,
+        ffn: 1536,
+        max_positions: 512,
+        type_vocab: 2,
+        eps: 1e-12,
+        max_batch: 32,
+    };
+    let batch: Vec<Vec<u32>> = (0..32u32)
+        .map(|i| {
+            let len = 12 + (i as usize * 7) % 17;
+            (0..len as u32)
+                .map(|t| (i * 131 + t * 17) % 30522)
+                .collect()
+        })
+        .collect();
+    let tokens: usize = batch.iter().map(Vec::len).sum();
+    println!(
+        "\nMiniLM shapes (6 layers, hidden 384, 12 heads, ffn 1536), random weights: a batch of 32 \
+         sentences of 12–28 tokens ({tokens} tokens), f32, mean pooling"
+    );
+    println!("| device | sentences/s | ms per batch |");
+    println!("|---|---|---|");
+    for device in &devices {
+        let mut s = Session::new(device);
+        s.set_fallback(FallbackPolicy::Deny);
+        let mut m = Bert::new(s, minilm.clone(), DType::F32, toy::weight)?;
+        m.encode(&batch, Pooling::Mean)?;
+        let mut best = f64::INFINITY;
+        for _ in 0..3 {
+            let t = Instant::now();
+            m.encode(&batch, Pooling::Mean)?;
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        println!(
+            "| {} | {:.1} | {:.1} |",
+            device.info().name,
+            32.0 / best,
+            best * 1e3
+        );
     }
     Ok(())
 }
