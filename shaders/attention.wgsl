@@ -46,23 +46,44 @@ fn ld_v(e: u32) -> f32 {
 override SWG: u32 = 16u;     // query rows per workgroup
 const CK: u32 = 8u;          // keys per online-softmax step
 
+// The query row of invocation `lane` in workgroup `wg` of attn_rows and attn_lse.
+struct RowOf {
+    live: bool,              // a real query row
+    n: u32,                  // keys it sees
+    nmax: u32,               // keys its block walks: the block's largest visible count (visible
+                             // grows with the row), the same for every invocation
+    row: u32,                // flat over B, Hq, Sq (the block's last row when not live)
+    kv0: u32,                // the first row of its key/value head
+}
+
+fn row_of(wg: u32, lane: u32) -> RowOf {
+    let qb = wg % P.qblocks;
+    let h = (wg / P.qblocks) % P.hq;
+    let b = wg / (P.qblocks * P.hq);
+    let i0 = qb * SWG;
+    let i = i0 + lane;
+    let live = i < P.sq;
+    return RowOf(
+        live,
+        select(0u, visible(b, i), live),
+        visible(b, min(i0 + SWG, P.sq) - 1u),
+        (b * P.hq + h) * P.sq + min(i, P.sq - 1u),
+        (b * P.hkv + h / (P.hq / P.hkv)) * P.skv,
+    );
+}
+
 @compute @workgroup_size(SWG)
 fn attn_rows(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let wg = wid.y * P.row_groups + wid.x;
     if (wg >= P.blocks) {
         return;
     }
-    let qb = wg % P.qblocks;
-    let h = (wg / P.qblocks) % P.hq;
-    let b = wg / (P.qblocks * P.hq);
-    let i0 = qb * SWG;
-    let i = i0 + lid.x;
-    let live = i < P.sq;
-    let n = select(0u, visible(b, i), live);
-    // The block's largest visible count (visible grows with i): the same for every invocation.
-    let nmax = visible(b, min(i0 + SWG, P.sq) - 1u);
-    let row = (b * P.hq + h) * P.sq + i;
-    let kv0 = (b * P.hkv + h / (P.hq / P.hkv)) * P.skv;
+    let r = row_of(wg, lid.x);
+    let live = r.live;
+    let n = r.n;
+    let nmax = r.nmax;
+    let row = r.row;
+    let kv0 = r.kv0;
     let d = P.d;
     var qr: array<f32, DMAX_ALL>;
     var acc: array<f32, DMAX_ALL>;
@@ -136,16 +157,12 @@ fn attn_lse(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id)
     if (wg >= P.blocks) {
         return;
     }
-    let qb = wg % P.qblocks;
-    let h = (wg / P.qblocks) % P.hq;
-    let b = wg / (P.qblocks * P.hq);
-    let i0 = qb * SWG;
-    let i = i0 + lid.x;
-    let live = i < P.sq;
-    let n = select(0u, visible(b, i), live);
-    let nmax = visible(b, min(i0 + SWG, P.sq) - 1u);
-    let row = (b * P.hq + h) * P.sq + min(i, P.sq - 1u);
-    let kv0 = (b * P.hkv + h / (P.hq / P.hkv)) * P.skv;
+    let r = row_of(wg, lid.x);
+    let live = r.live;
+    let n = r.n;
+    let nmax = r.nmax;
+    let row = r.row;
+    let kv0 = r.kv0;
     let d = P.d;
     var qr: array<f32, DMAX_ALL>;
     for (var c = 0u; c < d; c++) {

@@ -224,8 +224,11 @@ pub fn bert_config(dir: &Path, max_batch: usize) -> Result<super::bert::BertConf
 /// The safetensors files of a checkpoint, memory-mapped, and which file holds each tensor.
 pub struct Checkpoint {
     files: Vec<(PathBuf, memmap2::Mmap)>,
-    /// Tensor name → index into `files`.
-    index: BTreeMap<String, usize>,
+    /// Tensor name → the file (index into `files`) and its header entry, parsed once at open;
+    /// data offsets are relative to `data_start`.
+    index: BTreeMap<String, (usize, safetensors::tensor::TensorInfo)>,
+    /// Where each file's data begins (after its 8-byte length and JSON header).
+    data_start: Vec<usize>,
 }
 
 impl Checkpoint {
@@ -261,6 +264,7 @@ impl Checkpoint {
         }
         let mut files = Vec::new();
         let mut index = BTreeMap::new();
+        let mut data_start = Vec::new();
         for (k, name) in names.iter().enumerate() {
             let path = dir.join(name);
             let file = std::fs::File::open(&path).map_err(|e| model_err(&path, e))?;
@@ -268,13 +272,14 @@ impl Checkpoint {
             // a checkpoint changed on disk under a running load is outside what we guard against
             // (as in every mmap-based loader).
             let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| model_err(&path, e))?;
-            let st = safetensors::SafeTensors::deserialize(&mmap)
+            let (header, meta) = safetensors::SafeTensors::read_metadata(&mmap)
                 .map_err(|e| model_err(&path, format!("not a valid safetensors file: {e}")))?;
-            for t in st.names() {
-                if map.is_empty() || map.get(t).is_some_and(|f| f == name) {
-                    index.insert(t.to_string(), k);
+            for (t, info) in meta.tensors() {
+                if map.is_empty() || map.get(&t).is_some_and(|f| f == name) {
+                    index.insert(t, (k, info.clone()));
                 }
             }
+            data_start.push(8 + header);
             files.push((path, mmap));
         }
         for (tensor, file) in &map {
@@ -285,12 +290,16 @@ impl Checkpoint {
                 ));
             }
         }
-        Ok(Checkpoint { files, index })
+        Ok(Checkpoint {
+            files,
+            index,
+            data_start,
+        })
     }
 
     /// Tensor `name`, which must have `shape`, as a host tensor in its stored dtype.
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let Some(&k) = self.index.get(name) else {
+        let Some((k, info)) = self.index.get(name) else {
             let where_ = self
                 .files
                 .first()
@@ -301,24 +310,24 @@ impl Checkpoint {
                 msg: format!("tensor `{name}` is missing from the checkpoint ({where_})"),
             });
         };
-        let (path, mmap) = &self.files[k];
-        let st = safetensors::SafeTensors::deserialize(mmap)
-            .map_err(|e| model_err(path, format!("not a valid safetensors file: {e}")))?;
-        let view = st
-            .tensor(name)
-            .map_err(|e| model_err(path, format!("tensor `{name}`: {e}")))?;
-        if view.shape() != shape {
+        let (path, mmap) = &self.files[*k];
+        if info.shape != shape {
             return Err(model_err(
                 path,
                 format!(
                     "tensor `{name}` is {:?}, the config needs {shape:?}",
-                    view.shape()
+                    info.shape
                 ),
             ));
         }
-        let bytes = view.data();
+        // read_metadata validated the offsets against the file's length; checked anyway.
+        let (b, e) = info.data_offsets;
+        let at = self.data_start[*k];
+        let bytes = mmap
+            .get(at + b..at + e)
+            .ok_or_else(|| model_err(path, format!("tensor `{name}`: data past the file's end")))?;
         use safetensors::Dtype;
-        match view.dtype() {
+        match info.dtype {
             Dtype::F32 => Tensor::new(shape, bytemuck::pod_collect_to_vec::<u8, f32>(bytes)),
             Dtype::F16 => Tensor::new(shape, bytemuck::pod_collect_to_vec::<u8, f16>(bytes)),
             Dtype::BF16 => Tensor::new(shape, bytemuck::pod_collect_to_vec::<u8, bf16>(bytes)),

@@ -326,56 +326,43 @@ fn node_kernel(node: &NodeView<'_>, class: &Class, d: usize) -> Option<Kernel> {
 }
 
 fn key(kernel: Kernel, x: DType, out: DType, sr: bool) -> PipelineKey {
-    let mut constants = vec![
-        ("DT_IN", code(x)),
-        ("DT_OUT", code(out)),
-        ("ROUND", super::round_code(out, sr)),
-    ];
-    match kernel {
-        Kernel::Rows => {
-            constants.push(("SWG", SWG));
-            PipelineKey {
-                shader: &SHADER,
-                entry: "attn_rows",
-                constants,
-            }
-        }
-        Kernel::Lse => PipelineKey {
-            shader: &SHADER,
-            entry: "attn_lse",
-            constants: vec![("DT_IN", code(x)), ("SWG", SWG)],
-        },
-        Kernel::Tiles(t) => {
-            constants.extend([
-                ("BQ", t.bq),
-                ("BK", t.bk),
-                ("DMAX", t.dmax),
-                ("Q_TILE", t.bq * t.dmax),
-                ("KV_TILE", t.bk * t.dmax),
-                ("S_TILE", t.bq * t.bk),
-            ]);
-            PipelineKey {
-                shader: &SHADER,
-                entry: "attn_tiles",
-                constants,
-            }
-        }
-        Kernel::Units { slabs } => {
-            constants.extend([("NSLAB", slabs), ("RW", V4_ROWS)]);
-            PipelineKey {
-                shader: &VECTORISED,
-                entry: "attn_v4",
-                constants,
-            }
-        }
-        Kernel::Subgroup { slabs } => {
-            constants.extend([("NSLAB", slabs), ("RW", SG_ROWS)]);
-            PipelineKey {
-                shader: &SUBGROUP,
-                entry: "attn_sg",
-                constants,
-            }
-        }
+    let mut constants = vec![("DT_IN", code(x))];
+    // The log-sum-exp is f32 and never rounded: no output overrides.
+    if kernel != Kernel::Lse {
+        constants.extend([("DT_OUT", code(out)), ("ROUND", super::round_code(out, sr))]);
+    }
+    let (shader, entry, extra): (&'static Shader, &'static str, Vec<(&'static str, u32)>) =
+        match kernel {
+            Kernel::Rows => (&SHADER, "attn_rows", vec![("SWG", SWG)]),
+            Kernel::Lse => (&SHADER, "attn_lse", vec![("SWG", SWG)]),
+            Kernel::Tiles(t) => (
+                &SHADER,
+                "attn_tiles",
+                vec![
+                    ("BQ", t.bq),
+                    ("BK", t.bk),
+                    ("DMAX", t.dmax),
+                    ("Q_TILE", t.bq * t.dmax),
+                    ("KV_TILE", t.bk * t.dmax),
+                    ("S_TILE", t.bq * t.bk),
+                ],
+            ),
+            Kernel::Units { slabs } => (
+                &VECTORISED,
+                "attn_v4",
+                vec![("NSLAB", slabs), ("RW", V4_ROWS)],
+            ),
+            Kernel::Subgroup { slabs } => (
+                &SUBGROUP,
+                "attn_sg",
+                vec![("NSLAB", slabs), ("RW", SG_ROWS)],
+            ),
+        };
+    constants.extend(extra);
+    PipelineKey {
+        shader,
+        entry,
+        constants,
     }
 }
 
