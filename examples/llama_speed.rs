@@ -10,7 +10,8 @@
 //! sentences/s for a batch of 32 sentences of 12–28 tokens, f32.
 //!
 //! Run: `cargo run --release --example llama_speed [-- vulkan]` (`POLYTENSOR_SPEED_DECODE` tokens,
-//! default 32; `POLYTENSOR_SPEED_ONLY=encoder` for the encoder rows alone).
+//! default 32; `POLYTENSOR_SPEED_ONLY=encoder` for the encoder rows alone,
+//! `POLYTENSOR_SPEED_DTYPE=bf16` for one storage dtype).
 
 use std::time::Instant;
 
@@ -145,9 +146,13 @@ fn main() -> polytensor::Result<()> {
         "| device | dtype | load s | prefill tok/s | % of gemm rate | decode tok/s | bandwidth limit tok/s | % of limit | launches/step | peak RSS MB |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
+    let only_dtype = std::env::var("POLYTENSOR_SPEED_DTYPE").ok();
     let decoder = std::env::var("POLYTENSOR_SPEED_ONLY").map_or(true, |v| v != "encoder");
     for device in devices.iter().filter(|_| decoder) {
         for dtype in [DType::F32, DType::BF16] {
+            if only_dtype.as_ref().is_some_and(|d| d != &dtype.to_string()) {
+                continue;
+            }
             let weight_bytes = params * dtype.size_of();
             let limit = bw * 1e9 / weight_bytes as f64;
             let t0 = Instant::now();

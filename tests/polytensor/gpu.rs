@@ -230,14 +230,21 @@ fn an_unknown_device_query_is_a_clear_error() {
 #[test]
 fn a_transposed_weight_over_the_binding_limit_is_split_over_bindings() {
     // x @ wᵀ with w [N, K] over a 4 KiB binding limit: bound in row ranges, one launch each,
-    // no fallback; f32 and bf16 (odd N: the last range ends on the pad column).
+    // no fallback; f32 and bf16 (odd N: the last range ends on the pad column), 10 rows (the
+    // tiled kernels) and ≤ 4 rows with even N (matvec.wgsl, writing its columns of each range).
     let mut rng = Rng::new(33);
-    for (dtype, n) in [(DType::F32, 48usize), (DType::BF16, 77)] {
+    for (dtype, n, rows) in [
+        (DType::F32, 48usize, 5usize),
+        (DType::BF16, 77, 5),
+        (DType::F32, 48, 1),
+        (DType::BF16, 78, 2),
+    ] {
         let k = 64;
         let w = Tensor::from_f32(&[n, k], rng.vec(n * k, -1.0, 1.0), dtype).expect("w");
-        let x = Tensor::from_f32(&[2, 5, k], rng.vec(10 * k, -1.0, 1.0), dtype).expect("x");
+        let x =
+            Tensor::from_f32(&[2, rows, k], rng.vec(2 * rows * k, -1.0, 1.0), dtype).expect("x");
         let mut g = Graph::new();
-        let xi = g.input("x", [2, 5, k], dtype);
+        let xi = g.input("x", [2, rows, k], dtype);
         let wi = g.weight("w", [n, k], dtype);
         let y = g.matmul_t(xi, wi, false, true).expect("matmul");
         g.output("y", y).expect("out");
@@ -250,6 +257,13 @@ fn a_transposed_weight_over_the_binding_limit_is_split_over_bindings() {
             let p = s.compile(&g).expect("split, not refused");
             assert_eq!(p.placement().fallbacks, 0);
             let out = s.run(&p, &[("x", x.view())], &[]).expect("run");
+            let stats = s.last_run_stats();
+            let kernels: Vec<&str> = stats.launches.iter().map(|l| &*l.kernel).collect();
+            assert_eq!(
+                kernels.iter().all(|k| k.starts_with("matvec/")),
+                rows <= 2,
+                "{dtype} {rows} rows: {kernels:?}"
+            );
             let (atol, rtol) = match dtype {
                 DType::F32 => (1e-4, 1e-5),
                 _ => (1e-2, 2.0 * DType::BF16.epsilon()),

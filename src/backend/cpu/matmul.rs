@@ -112,9 +112,9 @@ pub(crate) fn matmul(
 
 /// Decode's matrix-vector products: `a [m, k] · bᵀ` for m ≤ 4 rows with `b [n, k]` stored f16 or
 /// bf16 (a weight in Hugging Face's `[out, in]` layout). The weight is read once, as stored, and
-/// widened one row at a time into an L1-sized buffer: a decode step streams the weight's 16-bit
-/// bytes, not a widened f32 copy (which would read them, write twice as many and read those
-/// again). Rows of `b` run in parallel blocks. `None` for other storage.
+/// widened in registers inside the dot products (AVX2: bf16 by a shift, f16 by F16C; elsewhere
+/// one row at a time into an L1-sized buffer): a decode step streams the weight's 16-bit bytes,
+/// not a widened f32 copy. Rows of `b` run in parallel blocks. `None` for other storage.
 pub(crate) fn matvec_t16(
     a: &[f32],
     m: usize,
@@ -123,51 +123,132 @@ pub(crate) fn matvec_t16(
     n: usize,
 ) -> Option<Vec<f32>> {
     use crate::tensor::StorageRef;
-    use half::slice::HalfFloatSliceExt;
-    match b {
-        StorageRef::F16(w) => Some(matvec_rows(a, m, k, w, n, |row, buf| {
-            row.convert_to_f32_slice(buf)
-        })),
-        // bf16 → f32 is a shift (NaN payloads pass through: the product is NaN either way).
-        StorageRef::BF16(w) => Some(matvec_rows(a, m, k, w, n, |row, buf| {
-            for (o, &x) in buf.iter_mut().zip(row) {
-                *o = f32::from_bits(u32::from(x.to_bits()) << 16);
-            }
-        })),
-        _ => None,
-    }
+    let (bits, bf16): (&[u16], bool) = match b {
+        StorageRef::F16(w) => (bytemuck::cast_slice(w), false),
+        StorageRef::BF16(w) => (bytemuck::cast_slice(w), true),
+        _ => return None,
+    };
+    Some(matvec_rows(a, m, k, bits, n, bf16))
 }
 
-fn matvec_rows<T: Sync>(
-    a: &[f32],
-    m: usize,
-    k: usize,
-    w: &[T],
-    n: usize,
-    widen: impl Fn(&[T], &mut [f32]) + Sync,
-) -> Vec<f32> {
+fn matvec_rows(a: &[f32], m: usize, k: usize, w: &[u16], n: usize, bf16: bool) -> Vec<f32> {
     use rayon::prelude::*;
     /// Weight rows per task.
     const NB: usize = 64;
-    let mut yt = vec![0f32; n * m];
-    yt.par_chunks_mut(NB * m.max(1))
+    let m1 = m.max(1);
+    let mut yt = vec![0f32; n * m1];
+    yt.par_chunks_mut(NB * m1)
         .enumerate()
         .for_each(|(blk, out)| {
-            let mut buf = vec![0f32; k];
-            for (j, o) in out.chunks_mut(m.max(1)).enumerate() {
+            let mut buf = Vec::new();
+            for (j, o) in out.chunks_mut(m1).enumerate() {
                 let row = blk * NB + j;
-                widen(&w[row * k..(row + 1) * k], &mut buf);
-                dots(a, k, &buf, o);
+                dots16(a, k, &w[row * k..(row + 1) * k], bf16, o, &mut buf);
             }
         });
     // [n, m] → [m, n]
     let mut y = vec![0f32; m * n];
-    for (j, row) in yt.chunks(m.max(1)).enumerate() {
+    for (j, row) in yt.chunks(m1).enumerate() {
         for (r, &v) in row.iter().enumerate() {
             y[r * n + j] = v;
         }
     }
     y
+}
+
+/// `out[r] = a[r] · widen(row)` for the `out.len()` ≤ 4 rows of `a`, `row` holding f16 or bf16
+/// bits. `buf` is the widened row where there is no AVX2 kernel.
+fn dots16(a: &[f32], k: usize, row: &[u16], bf16: bool, out: &mut [f32], buf: &mut Vec<f32>) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
+    {
+        // SAFETY: the CPU has AVX2, FMA and F16C, checked above; `a` holds
+        // `out.len()` rows of k and `row` k elements (the callers' validated shapes).
+        unsafe {
+            match out.len() {
+                1 => x86::dots16::<1>(a, k, row, bf16, out),
+                2 => x86::dots16::<2>(a, k, row, bf16, out),
+                3 => x86::dots16::<3>(a, k, row, bf16, out),
+                _ => x86::dots16::<4>(a, k, row, bf16, out),
+            }
+        }
+        return;
+    }
+    buf.clear();
+    buf.extend(row.iter().map(|&x| {
+        if bf16 {
+            f32::from_bits(u32::from(x) << 16)
+        } else {
+            half::f16::from_bits(x).to_f32()
+        }
+    }));
+    dots(a, k, buf, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// 8 weights at `p` (8 readable u16) as f32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn widen(p: *const u16, bf16: bool) -> __m256 {
+        // SAFETY: the caller guarantees 8 readable u16 at `p`.
+        let h = unsafe { _mm_loadu_si128(p.cast()) };
+        if bf16 {
+            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+        } else {
+            _mm256_cvtph_ps(h)
+        }
+    }
+
+    /// [`super::dots16`] for `M` rows: 16 weights per step, widened in registers (bf16: zero-extend
+    /// and shift; f16: `vcvtph2ps`), two accumulators per row; the tail in scalar code.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dots16<const M: usize>(
+        a: &[f32],
+        k: usize,
+        row: &[u16],
+        bf16: bool,
+        out: &mut [f32],
+    ) {
+        assert!(a.len() >= M * k && row.len() >= k && out.len() >= M);
+        let mut acc = [[_mm256_setzero_ps(); 2]; M];
+        let body = k - k % 16;
+        let mut i = 0;
+        while i < body {
+            // SAFETY: i + 16 ≤ k, so 16 weights and 16 elements of each of the M rows of `a`
+            // (asserted above) are in bounds.
+            unsafe {
+                let w0 = widen(row.as_ptr().add(i), bf16);
+                let w1 = widen(row.as_ptr().add(i + 8), bf16);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let pa = a.as_ptr().add(r * k + i);
+                    acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa), w0, acc[0]);
+                    acc[1] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(8)), w1, acc[1]);
+                }
+            }
+            i += 16;
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let mut lanes = [0f32; 8];
+            // SAFETY: `lanes` holds 8 f32.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc[0], acc[1])) };
+            let mut y: f32 = lanes.iter().sum();
+            for j in body..k {
+                let x = row[j];
+                let w = if bf16 {
+                    f32::from_bits(u32::from(x) << 16)
+                } else {
+                    half::f16::from_bits(x).to_f32()
+                };
+                y += a[r * k + j] * w;
+            }
+            out[r] = y;
+        }
+    }
 }
 
 /// `out[r] = a[r] · row` for each of the `out.len()` rows of `a` (AVX2/FMA where present).

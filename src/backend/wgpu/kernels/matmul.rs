@@ -51,6 +51,16 @@ pub(crate) static SUBGROUP: Shader = Shader {
     subgroups: true,
 };
 
+pub(crate) static MATVEC: Shader = Shader {
+    name: "matvec",
+    parts: &[
+        PRELUDE,
+        PARAMS,
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/matvec.wgsl")),
+    ],
+    subgroups: false,
+};
+
 /// matmul.wgsl's `Params`.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -200,10 +210,52 @@ fn matmul_sg_key(tiles: Tiles, a: DType, b: DType, out: DType, sr: bool) -> Pipe
 }
 
 /// Kernel classes of a matmul node: [general, aligned (GPU tiles) or vectorised (CPU adapter),
-/// subgroup (CPU adapter with 8-wide subgroups)].
+/// subgroup (CPU adapter with 8-wide subgroups; the general kernel elsewhere), matrix-vector].
 const CLASS_GENERAL: usize = 0;
 const CLASS_ALIGNED: usize = 1;
 const CLASS_SUBGROUP: usize = 2;
+const CLASS_MATVEC: usize = 3;
+
+/// Invocations sharing one column in matvec.wgsl's `matvec_wg` (its `MV_LANES`).
+const MV_LANES: u32 = 32;
+
+/// matvec.wgsl for `a [R, K] · bᵀ` (R ≤ 4 rows with the batch folded in) against a rank-2 weight
+/// `b [N, K]`: K a multiple of 8 and N even (whole 8-element units, whole output words), `a`
+/// not broadcast over the batch. Returns the folded row count, or `None` for other matmuls.
+fn matvec_rows(a: &[usize], b: &[usize], out: &[usize], ta: bool, tb: bool) -> Option<usize> {
+    let r = out.len();
+    let batch = &out[..r - 2];
+    let rows = batch.iter().product::<usize>() * out[r - 2];
+    let k = b.get(1).copied()?;
+    let a_whole = a.len() == r && a[..r - 2] == *batch;
+    (!ta && tb
+        && b.len() == 2
+        && a_whole
+        && (1..=4).contains(&rows)
+        && k.is_multiple_of(8)
+        && out[r - 1].is_multiple_of(2))
+    .then_some(rows)
+}
+
+fn matvec_key(tiles: Tiles, a: DType, b: DType, out: DType, sr: bool) -> PipelineKey {
+    let (entry, wg) = if tiles.is_direct() {
+        ("matvec_lanes", tiles.wy)
+    } else {
+        ("matvec_wg", tiles.wx * tiles.wy)
+    };
+    PipelineKey {
+        shader: &MATVEC,
+        entry,
+        constants: vec![
+            ("DT_A", code(a)),
+            ("DT_B", code(b)),
+            ("DT_OUT", code(out)),
+            ("DWG", wg),
+            ("MV_LANES", MV_LANES),
+            ("ROUND", super::round_code(out, sr)),
+        ],
+    }
+}
 
 /// Params, grid and alignment class of a matmul; `None` grid when there is nothing to compute.
 #[allow(clippy::too_many_arguments)]
@@ -254,6 +306,20 @@ fn matmul_params(
         p.bdims[d] = x as u32;
         p.sa[d] = stride_a[d] as u32;
         p.sb[d] = stride_b[d] as u32;
+    }
+    if let Some(rows) = matvec_rows(sa, sb, so, ta, tb) {
+        // Decode: the batch folds into R ≤ 4 contiguous rows of one matrix.
+        let per_group = if tiles.is_direct() {
+            2 * tiles.wy as usize
+        } else {
+            (tiles.wx * tiles.wy / MV_LANES) as usize
+        };
+        let groups = n.div_ceil(per_group);
+        if groups <= 65535 {
+            p.nb = 0;
+            p.m = rows as u32;
+            return (p, [groups as u32, 1, 1], CLASS_MATVEC);
+        }
     }
     if tiles.is_direct() && split.is_some() {
         let wg = tiles.wy as usize;
@@ -350,11 +416,12 @@ fn keys(tiles: Tiles, a: DType, b: DType, o: DType, sr: bool) -> Vec<PipelineKey
     } else {
         matmul_key(tiles, a, b, o, true, sr)
     };
-    let mut keys = vec![general, aligned];
-    if tiles.sg8 && o == DType::F32 {
-        keys.push(matmul_sg_key(tiles, a, b, o, sr));
-    }
-    keys
+    let subgroup = if tiles.sg8 && o == DType::F32 {
+        matmul_sg_key(tiles, a, b, o, sr)
+    } else {
+        general.clone()
+    };
+    vec![general, aligned, subgroup, matvec_key(tiles, a, b, o, sr)]
 }
 
 pub(super) fn all_keys() -> Vec<PipelineKey> {
