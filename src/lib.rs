@@ -31,6 +31,8 @@
 //! ```
 
 pub mod backend;
+#[cfg(feature = "bench")]
+pub mod bench;
 pub mod dtype;
 pub mod error;
 pub mod ir;
