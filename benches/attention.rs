@@ -349,11 +349,7 @@ fn bench_kv_append(c: &mut Criterion) -> Vec<KvRow> {
 
 /// The median time in ns of one benchmark, from criterion's saved estimates.
 fn median_ns(group: &str, id: &str) -> Option<f64> {
-    let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".to_string());
-    let path = format!("{dir}/criterion/{group}/{id}/new/estimates.json");
-    let text = std::fs::read_to_string(path).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v["median"]["point_estimate"].as_f64()
+    polytensor::bench::report::criterion_median_ns(&format!("{group}/{id}"))
 }
 
 fn summary(kv: &[KvRow]) {

@@ -3,26 +3,17 @@
 //! our f32 / gemm (goal ≥ 0.97), f16 and bf16 / our f32 (goal ≥ 0.85), and % of the machine's f32
 //! peak (`POLYTENSOR_PEAK_GFLOPS`, default 204.6 — PEERS.md's 2-core figure).
 //!
-//! Run: `cargo bench --bench matmul` (or `-- 1024` for one size).
+//! Run: `cargo bench --bench matmul` (or `-- 1024` for one size). The sizes, inputs and the
+//! graph are `polytensor bench`'s matmul problems (`polytensor::bench::problems`); the summary
+//! finds criterion's results wherever the target directory is (`CARGO_TARGET_DIR`,
+//! `CRITERION_HOME`, or beside this executable).
 
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use polytensor::{DType, Device, Graph, Session, Tensor};
-
-const SIZES: [usize; 4] = [256, 512, 1024, 2048];
-
-fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+use polytensor::bench::problems::{CRITERION_SQUARE as SIZES, Problem};
+use polytensor::bench::report::criterion_median_ns;
+use polytensor::{DType, Device, Session};
 
 fn bench(c: &mut Criterion) {
     let threads = polytensor::backend::cpu::default_threads();
@@ -37,7 +28,14 @@ fn bench(c: &mut Criterion) {
         group.sample_size(if n >= 1024 { 10 } else { 30 });
         group.warm_up_time(Duration::from_millis(500));
         group.measurement_time(Duration::from_secs(if n >= 2048 { 6 } else { 3 }));
-        let (a32, b32) = (data(n * n, 1), data(n * n, 2));
+        let problem = Problem::MatMul {
+            m: n,
+            k: n,
+            n,
+            tb: false,
+        };
+        let f32_inputs = problem.inputs(DType::F32).expect("inputs");
+        let (a32, b32) = (f32_inputs[0].1.to_f32_vec(), f32_inputs[1].1.to_f32_vec());
         let mut dst = vec![0f32; n * n];
         group.bench_function(BenchmarkId::new("gemm_direct", "f32"), |bch| {
             bch.iter(|| {
@@ -68,15 +66,11 @@ fn bench(c: &mut Criterion) {
             })
         });
         for dtype in [DType::F32, DType::F16, DType::BF16] {
-            let a = Tensor::from_f32(&[n, n], a32.clone(), dtype).expect("a");
-            let b = Tensor::from_f32(&[n, n], b32.clone(), dtype).expect("b");
-            let mut g = Graph::new();
-            let (ai, bi) = (g.input("a", [n, n], dtype), g.input("b", [n, n], dtype));
-            let y = g.matmul(ai, bi).expect("matmul");
-            g.output("c", y).expect("output");
+            let g = problem.graph(dtype).expect("graph");
+            let tensors = problem.inputs(dtype).expect("inputs");
             let mut s = Session::new(&Device::cpu());
             let p = s.compile(&g).expect("compile");
-            let inputs = [("a", a.view()), ("b", b.view())];
+            let inputs: Vec<_> = tensors.iter().map(|(k, t)| (*k, t.view())).collect();
             group.bench_function(BenchmarkId::new("polytensor", dtype.name()), |bch| {
                 bch.iter(|| s.run(&p, &inputs, &[]).expect("run"))
             });
@@ -87,10 +81,7 @@ fn bench(c: &mut Criterion) {
 
 /// The median time in ns of one benchmark, from criterion's saved estimates.
 fn median_ns(group: &str, id: &str) -> Option<f64> {
-    let path = format!("target/criterion/{group}/{id}/new/estimates.json");
-    let text = std::fs::read_to_string(path).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v["median"]["point_estimate"].as_f64()
+    criterion_median_ns(&format!("{group}/{id}"))
 }
 
 fn summary() {

@@ -37,8 +37,11 @@ use check::ErrorScore;
 use problems::Problem;
 use roofline::Roofline;
 
-/// The JSON report's schema version (`schemas/bench.schema.json`).
+/// The JSON report's schema version.
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// The report's JSON Schema (draft 2020-12), `src/bench/schema.json`.
+pub const SCHEMA: &str = include_str!("schema.json");
 
 /// The suites, in running order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,7 +218,7 @@ pub struct Machine {
     pub threads: usize,
 }
 
-/// A whole run: what `--json` writes (schema in `schemas/bench.schema.json`).
+/// A whole run: what `--json` writes (schema in `src/bench/schema.json`, [`SCHEMA`]).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Report {
     pub schema_version: u32,
@@ -363,7 +366,7 @@ fn timed_row(
 fn with_error(mut row: Row, e: ErrorScore) -> Row {
     row.nmse = Some(e.nmse);
     row.err_ratio = Some(e.ratio);
-    row.flagged = !(e.ratio <= 1.0);
+    row.flagged = e.ratio.is_nan() || e.ratio > 1.0;
     row
 }
 
@@ -373,14 +376,20 @@ fn session(device: &Device) -> Session {
     s
 }
 
-/// Compiles `g` and runs it once (timed together), then a warm-up and `runs` timed runs;
-/// returns (first seconds, times, last outputs).
+/// A graph's measured runs: the first (with compilation), the timed ones, the last outputs.
+struct Timed {
+    first: f64,
+    times: Vec<f64>,
+    out: Vec<(String, Tensor)>,
+}
+
+/// Compiles `g` and runs it once (timed together), then a warm-up and `runs` timed runs.
 fn time_graph(
     s: &mut Session,
     g: &Graph,
     inputs: &[(&str, crate::TensorView<'_>)],
     runs: usize,
-) -> Result<(f64, Vec<f64>, Vec<(String, Tensor)>)> {
+) -> Result<Timed> {
     let t0 = Instant::now();
     let p = s.compile(g)?;
     s.run(&p, inputs, &[])?;
@@ -392,7 +401,11 @@ fn time_graph(
         out = s.run(&p, inputs, &[])?;
         times.push(t.elapsed().as_secs_f64());
     }
-    Ok((first, times, out.into_vec()))
+    Ok(Timed {
+        first,
+        times,
+        out: out.into_vec(),
+    })
 }
 
 /// A status for an error: `unsupported: …` for a device that cannot run the graph, else
@@ -403,6 +416,9 @@ fn failed(e: &Error) -> String {
         _ => format!("error: {e}"),
     }
 }
+
+/// One step of the plan, run on every device in turn.
+type Step = dyn Fn(&Runner, &Device, &DeviceReport, Option<&roofline::RawGpu>) -> Vec<Row>;
 
 /// Runs the selected suites on `devices`.
 pub fn run(devices: &[Device], opts: &Options) -> Result<Report> {
@@ -443,9 +459,7 @@ pub fn run(devices: &[Device], opts: &Options) -> Result<Report> {
         };
         raws.push(raw);
     }
-    let mut plan: Vec<
-        Box<dyn Fn(&Runner, &Device, &DeviceReport, Option<&roofline::RawGpu>) -> Vec<Row>>,
-    > = Vec::new();
+    let mut plan: Vec<Box<Step>> = Vec::new();
     if opts.has(Suite::Matmul) {
         for p in Problem::matmuls(opts.quick) {
             for &dt in &opts.dtypes {
@@ -477,7 +491,7 @@ pub fn run(devices: &[Device], opts: &Options) -> Result<Report> {
         plan.push(Box::new(|r, d, rep, _| memory_rows(r, d, rep)));
     }
     if opts.has(Suite::Overhead) {
-        plan.push(Box::new(|r, d, rep, raw| overhead_rows(r, d, rep, raw)));
+        plan.push(Box::new(overhead_rows));
     }
     runner.bar.set_length((plan.len() * devices.len()) as u64);
     for step in &plan {
@@ -575,7 +589,7 @@ fn measure_problem(
     let views: Vec<(&str, crate::TensorView<'_>)> =
         inputs.iter().map(|(n, t)| (*n, t.view())).collect();
     let mut s = session(d);
-    let (first, times, out) = time_graph(&mut s, &g, &views, r.opts.runs())?;
+    let Timed { first, times, out } = time_graph(&mut s, &g, &views, r.opts.runs())?;
     let got = out.first().map(|(_, t)| t.to_f64_vec()).unwrap_or_default();
     let stored: Vec<Vec<f32>> = inputs.iter().map(|(_, t)| t.to_f32_vec()).collect();
     let e = check::score(p, dtype, &stored, &got);
@@ -771,36 +785,38 @@ fn memory_rows(r: &Runner, d: &Device, rep: &DeviceReport) -> Vec<Row> {
             let x = Tensor::new(&[n], problems::data(n, 9))?;
             let mut s = session(d);
             let mut g = Graph::new();
-            let (first, times, out, want): (f64, Vec<f64>, Vec<(String, Tensor)>, Vec<f32>) =
-                match name {
-                    "host→device" => {
-                        // The upload, then one element back: a 4-byte readback.
-                        let xi = g.input("x", [n], DType::F32);
-                        let y = g.slice(xi, 0, n - 1, 1)?;
-                        g.output("y", y)?;
-                        let (f, t, o) = time_graph(&mut s, &g, &[("x", x.view())], runs)?;
-                        (f, t, o, x.to_f32_vec()[n - 1..].to_vec())
-                    }
-                    "device→host" => {
-                        s.load_weight("w", x.view(), DType::F32)?;
-                        let wi = g.weight("w", [n], DType::F32);
-                        g.output("w", wi)?;
-                        let (f, t, o) = time_graph(&mut s, &g, &[], runs)?;
-                        (f, t, o, x.to_f32_vec())
-                    }
-                    _ => {
-                        // Weight → state, nothing read back.
-                        s.load_weight("w", x.view(), DType::F32)?;
-                        s.create_state("s", &[n], DType::F32)?;
-                        g.state("s", [n], DType::F32);
-                        let wi = g.weight("w", [n], DType::F32);
-                        g.write_state("s", wi, 0, crate::Offset::Fixed(0))?;
-                        let (f, t, _) = time_graph(&mut s, &g, &[], runs)?;
-                        let back = s.read_state("s")?;
-                        (f, t, vec![("s".into(), back)], x.to_f32_vec())
-                    }
-                };
-            let got = out.first().map(|(_, t)| t.to_f32_vec()).unwrap_or_default();
+            let (timed, want): (Timed, Vec<f32>) = match name {
+                "host→device" => {
+                    // The upload, then one element back: a 4-byte readback.
+                    let xi = g.input("x", [n], DType::F32);
+                    let y = g.slice(xi, 0, n - 1, 1)?;
+                    g.output("y", y)?;
+                    let t = time_graph(&mut s, &g, &[("x", x.view())], runs)?;
+                    (t, x.to_f32_vec()[n - 1..].to_vec())
+                }
+                "device→host" => {
+                    s.load_weight("w", x.view(), DType::F32)?;
+                    let wi = g.weight("w", [n], DType::F32);
+                    g.output("w", wi)?;
+                    (time_graph(&mut s, &g, &[], runs)?, x.to_f32_vec())
+                }
+                _ => {
+                    // Weight → state, nothing read back.
+                    s.load_weight("w", x.view(), DType::F32)?;
+                    s.create_state("s", &[n], DType::F32)?;
+                    g.state("s", [n], DType::F32);
+                    let wi = g.weight("w", [n], DType::F32);
+                    g.write_state("s", wi, 0, crate::Offset::Fixed(0))?;
+                    let mut t = time_graph(&mut s, &g, &[], runs)?;
+                    t.out = vec![("s".into(), s.read_state("s")?)];
+                    (t, x.to_f32_vec())
+                }
+            };
+            let got = timed
+                .out
+                .first()
+                .map(|(_, t)| t.to_f32_vec())
+                .unwrap_or_default();
             let exact = got.len() == want.len()
                 && got
                     .iter()
@@ -810,8 +826,8 @@ fn memory_rows(r: &Runner, d: &Device, rep: &DeviceReport) -> Vec<Row> {
                 Suite::Memory,
                 format!("{name} {} MiB", bytes >> 20),
                 None,
-                first,
-                &times,
+                timed.first,
+                &timed.times,
                 0.0,
                 moved,
                 roof,
@@ -872,9 +888,9 @@ fn overhead_rows(
             x = g.add(x, one)?;
         }
         g.write_state("s", x, 0, crate::Offset::Fixed(0))?;
-        let (f, t, _) = time_graph(&mut s, &g, &[], runs)?;
+        let t = time_graph(&mut s, &g, &[], runs)?;
         let launches = s.last_run_stats().launch_count;
-        Ok((f, t, launches, s.read_state("s")?.to_f32_vec()))
+        Ok((t.first, t.times, launches, s.read_state("s")?.to_f32_vec()))
     };
     let result = (|| -> Result<Vec<Row>> {
         let mut out = Vec::new();
@@ -885,7 +901,11 @@ fn overhead_rows(
         let y = g.add(xi, xi)?;
         g.output("y", y)?;
         let x = Tensor::new(&[4], vec![1.0, -2.0, 0.5, 3.0])?;
-        let (f, t, o) = time_graph(&mut s, &g, &[("x", x.view())], runs)?;
+        let Timed {
+            first: f,
+            times: t,
+            out: o,
+        } = time_graph(&mut s, &g, &[("x", x.view())], runs)?;
         let got = o.first().map(|(_, t)| t.to_f32_vec()).unwrap_or_default();
         let ok = got == [2.0, -4.0, 1.0, 6.0];
         out.push(with_error(
@@ -930,10 +950,10 @@ fn overhead_rows(
         )),
     }
     // 4. Raw wgpu's submit + wait of one tiny dispatch: the floor on this adapter.
-    if let Some(raw) = raw {
-        if let Ok(t) = raw.submit_wait_floor(runs) {
-            rows.push(us_row("raw wgpu submit+wait (floor)", 0.0, &t, None));
-        }
+    if let Some(raw) = raw
+        && let Ok(t) = raw.submit_wait_floor(runs)
+    {
+        rows.push(us_row("raw wgpu submit+wait (floor)", 0.0, &t, None));
     }
     for row in &rows {
         r.finish(&rep.name, row);

@@ -93,7 +93,7 @@ enum Command {
         /// Time budget in seconds: rows predicted past it print "skipped: budget".
         #[arg(long, default_value_t = 600.0)]
         budget: f64,
-        /// Write the report as JSON (schema: schemas/bench.schema.json).
+        /// Write the report as JSON (schema: src/bench/schema.json).
         #[arg(long)]
         json: Option<std::path::PathBuf>,
         /// Write the charts (roofline per device, bars per suite) as one SVG.

@@ -2,6 +2,8 @@
 
 mod attention;
 mod attention_gpu;
+#[cfg(feature = "bench")]
+mod bench;
 mod common;
 mod conversions;
 mod devices;
