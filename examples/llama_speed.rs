@@ -2,7 +2,9 @@
 //! of 64, SwiGLU 1536, a tied 49152-token vocabulary) and seeded random weights, on the CPU and
 //! every wgpu adapter (or those whose name contains the first argument), f32 and bf16 storage:
 //! prefill tokens/s for a 256-token prompt, decode tokens/s, launches per decode step, and the
-//! process's peak memory. Beside them, in the same run: a plain copy's bandwidth over the weight
+//! peak resident memory over the baseline before loading (as a multiple of the weight bytes; the
+//! peak is reset before each model), with the KV cache's size (max_len 320) apart. On lavapipe and
+//! llvmpipe "device memory" is host memory, so their peak holds the device copies too. Beside them, in the same run: a plain copy's bandwidth over the weight
 //! bytes (the decode limit: every weight byte is read once per token) and the `gemm` crate's f32
 //! rate on the prefill's largest matmul shape (the prefill limit).
 //!
@@ -37,17 +39,25 @@ fn smollm2() -> LlamaConfig {
     }
 }
 
-fn peak_rss_mb() -> f64 {
+/// A `/proc/self/status` memory line (`VmHWM`: peak resident, `VmRSS`: resident now) in MB.
+fn status_mb(key: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+            s.lines().find(|l| l.starts_with(key)).and_then(|l| {
                 l.split_whitespace()
                     .nth(1)
                     .and_then(|x| x.parse::<f64>().ok())
             })
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Resets the peak resident size to the current one (Linux `clear_refs` 5), so each model's
+/// peak is its own; returns the baseline (resident MB before loading).
+fn reset_peak() -> f64 {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    status_mb("VmRSS:")
 }
 
 /// GB/s of a plain copy of `bytes` (the best of 5), multi-threaded like the runtime's CPU path.
@@ -143,9 +153,9 @@ fn main() -> polytensor::Result<()> {
         devices.retain(|d| d.info().name.to_lowercase().contains(f));
     }
     println!(
-        "| device | dtype | load s | prefill tok/s | % of gemm rate | decode tok/s | bandwidth limit tok/s | % of limit | launches/step | peak RSS MB |"
+        "| device | dtype | load s | prefill tok/s | % of gemm rate | decode tok/s | bandwidth limit tok/s | % of limit | launches/step | peak RSS over baseline MB (× weights) | KV cache MB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let only_dtype = std::env::var("POLYTENSOR_SPEED_DTYPE").ok();
     let decoder = std::env::var("POLYTENSOR_SPEED_ONLY").map_or(true, |v| v != "encoder");
     for device in devices.iter().filter(|_| decoder) {
@@ -155,6 +165,7 @@ fn main() -> polytensor::Result<()> {
             }
             let weight_bytes = params * dtype.size_of();
             let limit = bw * 1e9 / weight_bytes as f64;
+            let base = reset_peak();
             let t0 = Instant::now();
             let mut s = Session::new(device);
             s.set_fallback(FallbackPolicy::Deny);
@@ -174,13 +185,18 @@ fn main() -> polytensor::Result<()> {
             let decode = decode_n as f64 / t2.elapsed().as_secs_f64();
             let launches = m.session().last_run_stats().launch_count;
             let prefill_tps = t / prefill;
+            // K and V of every layer for max_len positions, in the storage dtype.
+            let kv = 2 * c.layers * c.kv_heads * c.head_dim * c.max_len * dtype.size_of();
+            let over = status_mb("VmHWM:") - base;
             println!(
-                "| {} | {dtype} | {load:.1} | {prefill_tps:.1} | {:.0} % | {decode:.2} | {limit:.1} | {:.0} % | {launches} | {:.0} |",
+                "| {} | {dtype} | {load:.1} | {prefill_tps:.1} | {:.0} % | {decode:.2} | {limit:.1} | {:.0} % | {launches} | {over:.0} ({:.2}×) | {:.1} |",
                 device.info().name,
                 100.0 * prefill_flop / prefill / 1e9 / gemm,
                 100.0 * decode / limit,
-                peak_rss_mb()
+                over * (1 << 20) as f64 / weight_bytes as f64,
+                kv as f64 / (1 << 20) as f64
             );
+            drop(m);
         }
     }
     // The MiniLM-shaped encoder.
