@@ -93,6 +93,7 @@ pub struct Session {
     precision: Option<Precision>,
     seed: u64,
     counter: u64,
+    gpu_timing: bool,
     /// The counts of the latest completed run, summed over its segments.
     last: RunStats,
     /// Everything since the session was created: every compile and every run. Behind a mutex
@@ -141,6 +142,7 @@ impl Session {
             precision: None,
             seed: 0,
             counter: 0,
+            gpu_timing: false,
             last: RunStats::default(),
             totals: Mutex::new(RunStats::default()),
         }
@@ -267,6 +269,13 @@ impl Session {
                 known: names(&self.states),
             })?
             .read()
+    }
+
+    /// Whether runs record the device time of their compute passes with GPU timestamp queries
+    /// ([`RunStats::gpu_ns`] of [`Session::last_run_stats`]); off by default (it costs a query
+    /// resolve and a small readback per run). Devices without timestamp queries leave it `None`.
+    pub fn set_gpu_timing(&mut self, on: bool) {
+        self.gpu_timing = on;
     }
 
     /// Pins the stochastic-rounding seed and run counter (to reproduce a run). The counter
@@ -426,6 +435,7 @@ impl Session {
                 states: &self.states,
                 seed: self.seed,
                 counter: self.counter,
+                gpu_timing: self.gpu_timing,
             };
             let out = seg.program.submit(args)?.wait()?;
             self.last = seg.program.stats();
@@ -489,6 +499,7 @@ impl Session {
                 states: &self.states,
                 seed: self.seed,
                 counter: self.counter,
+                gpu_timing: self.gpu_timing,
             };
             let out = seg.program.submit(args)?.wait()?;
             stats.add(&seg.program.stats());

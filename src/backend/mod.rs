@@ -141,6 +141,10 @@ pub struct RunStats {
     pub bytes_read_back: u64,
     /// Elements written into persistent states by `write_state`.
     pub state_elements_written: u64,
+    /// Device time of the run's compute passes in ns, from GPU timestamp queries: set when the
+    /// session asked for it ([`Session::set_gpu_timing`](crate::Session::set_gpu_timing)) and
+    /// the device has timestamp queries; `None` otherwise.
+    pub gpu_ns: Option<u64>,
 }
 
 impl RunStats {
@@ -161,6 +165,10 @@ impl RunStats {
         self.bytes_copied += other.bytes_copied;
         self.bytes_read_back += other.bytes_read_back;
         self.state_elements_written += other.state_elements_written;
+        self.gpu_ns = match (self.gpu_ns, other.gpu_ns) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
     }
 }
 
@@ -177,6 +185,9 @@ pub struct RunArgs<'a> {
     /// Stochastic-rounding seed and run counter for this run.
     pub seed: u64,
     pub counter: u64,
+    /// Record the device time of this run's compute passes (GPU timestamps) in its
+    /// [`RunStats::gpu_ns`], where the device can.
+    pub gpu_timing: bool,
 }
 
 /// A compiled graph, ready to run many times.

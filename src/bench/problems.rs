@@ -167,13 +167,19 @@ impl Problem {
         }
     }
 
-    /// The graph (inputs `a`, `b` or `q`, `k`, `v`; output `y`) in `dtype`.
+    /// The graph (inputs `a`, `b` — a weight when transposed — or `q`, `k`, `v`; output `y`) in
+    /// `dtype`.
     pub fn graph(&self, dtype: DType) -> Result<Graph> {
         let mut g = Graph::new();
         let y = match *self {
             Problem::MatMul { m, k, n, tb } => {
                 let a = g.input("a", [m, k], dtype);
-                let b = g.input("b", if tb { [n, k] } else { [k, n] }, dtype);
+                // A transposed b is a weight in Hugging Face's layout: resident on the device.
+                let b = if tb {
+                    g.weight("b", [n, k], dtype)
+                } else {
+                    g.input("b", [k, n], dtype)
+                };
                 g.matmul_t(a, b, false, tb)?
             }
             Problem::Attention {
@@ -195,7 +201,13 @@ impl Problem {
         Ok(g)
     }
 
-    /// Deterministic inputs in [-1, 1), by name, stored in `dtype`.
+    /// Whether the named tensor of [`Problem::inputs`] is a weight (loaded once with
+    /// `Session::load_weight`) rather than an input given at every run.
+    pub fn is_weight(&self, name: &str) -> bool {
+        matches!(self, Problem::MatMul { tb: true, .. }) && name == "b"
+    }
+
+    /// Deterministic tensors in [-1, 1), by name, stored in `dtype`: the inputs and weights.
     pub fn inputs(&self, dtype: DType) -> Result<Vec<(&'static str, Tensor)>> {
         let t = |shape: &[usize], seed: u32| -> Result<Tensor> {
             Tensor::from_f32(shape, data(shape.iter().product(), seed), dtype)

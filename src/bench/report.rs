@@ -35,13 +35,20 @@ pub fn row_line(device: &str, r: &Row) -> String {
     let nmse = r.nmse.map_or("-".into(), |x| format!("{x:.1e}"));
     let pct = r.pct_peak.map_or("-".into(), |x| format!("{x:.0} %"));
     let status = if r.status == "ok" { "" } else { &r.status };
+    let timing = if r.timing == "timestamp" {
+        "gpu"
+    } else {
+        "wall"
+    };
     format!(
-        "{:<28} {:<11} {:<46} {:<5} {:>10} {:>10} {:>9} {:>6} {:>8} {:>8} {status}",
-        shorten(device, 28),
+        "{:<18} {:<11} {:<40} {:<5} {:>10} {:>4} {:>10} {:>10} {:>8} {:>6} {:>8} {:>8} {status}",
+        short_name(device),
         r.suite,
         r.name,
         r.dtype.as_deref().unwrap_or(""),
         fmt_time(r.median_s),
+        if r.median_s.is_some() { timing } else { "" },
+        fmt_time(r.first_s),
         fmt_value(r.value),
         r.unit,
         pct,
@@ -50,19 +57,37 @@ pub fn row_line(device: &str, r: &Row) -> String {
     )
 }
 
-fn shorten(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_string()
-    } else {
-        s.chars().take(n - 1).chain(std::iter::once('…')).collect()
+/// A device name without its parenthesised details: `llvmpipe [Vulkan]`.
+pub fn short_name(s: &str) -> String {
+    let mut out = String::new();
+    let mut depth = 0;
+    for c in s.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
     }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// The header matching [`row_line`].
 pub fn header() -> String {
     format!(
-        "{:<28} {:<11} {:<46} {:<5} {:>10} {:>10} {:>9} {:>6} {:>8} {:>8}",
-        "device", "suite", "row", "dtype", "median", "rate", "unit", "%peak", "NMSE", "err/tol"
+        "{:<18} {:<11} {:<40} {:<5} {:>10} {:>4} {:>10} {:>10} {:>8} {:>6} {:>8} {:>8}",
+        "device",
+        "suite",
+        "row",
+        "dtype",
+        "median",
+        "by",
+        "first run",
+        "rate",
+        "unit",
+        "%peak",
+        "NMSE",
+        "err/tol"
     )
 }
 

@@ -44,12 +44,31 @@ pub fn write(rep: &Report, path: &Path) -> Result<()> {
         }
         v
     };
-    let width = 420 * rep.devices.len().max(2) as u32;
-    let height = 420 + 380 * suites.len() as u32;
+    // Bar rows per suite: every (row, dtype) name in first-seen order, one bar per device.
+    let names_of = |suite: &str| {
+        let mut names: Vec<String> = Vec::new();
+        for d in &rep.devices {
+            for r in d
+                .rows
+                .iter()
+                .filter(|r| r.suite == suite && r.value.is_some())
+            {
+                let n = format!("{} {}", r.name, r.dtype.as_deref().unwrap_or(""));
+                if !names.contains(&n) {
+                    names.push(n);
+                }
+            }
+        }
+        names
+    };
+    let nd = rep.devices.len().max(1);
+    let suite_height = |suite: &str| 70 + (names_of(suite).len() * (nd * 12 + 10)) as u32;
+    let width = (440 * nd as u32).max(1200);
+    let height = 420 + suites.iter().map(|s| suite_height(s)).sum::<u32>();
     let root = SVGBackend::new(path, (width, height)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let (top, bottom) = root.split_vertically(420);
-    let panels = top.split_evenly((1, rep.devices.len().max(1)));
+    let (top, mut bottom) = root.split_vertically(420);
+    let panels = top.split_evenly((1, nd));
     for ((d, area), color) in rep.devices.iter().zip(&panels).zip(COLORS.iter().cycle()) {
         let Some(roof) = &d.roofline else { continue };
         let points: Vec<(f64, f64)> = d
@@ -63,7 +82,10 @@ pub fn write(rep: &Report, path: &Path) -> Result<()> {
             * 2.0;
         let ymin = (ymax / 1e5).max(1e-3);
         let mut chart = ChartBuilder::on(area)
-            .caption(shorten(&d.name), ("sans-serif", 14))
+            .caption(
+                format!("{}: roofline", super::report::short_name(&d.name)),
+                ("sans-serif", 15),
+            )
             .margin(8)
             .x_label_area_size(36)
             .y_label_area_size(52)
@@ -92,48 +114,47 @@ pub fn write(rep: &Report, path: &Path) -> Result<()> {
             )
             .map_err(err)?;
     }
-    let areas = bottom.split_evenly((suites.len().max(1), 1));
-    for (suite, area) in suites.iter().zip(&areas) {
-        // Every row name of this suite (name + dtype), in first-seen order.
-        let mut names: Vec<String> = Vec::new();
-        let mut unit = String::new();
-        for d in &rep.devices {
-            for r in d
-                .rows
-                .iter()
-                .filter(|r| &r.suite == suite && r.value.is_some())
-            {
-                let n = format!("{} {}", r.name, r.dtype.as_deref().unwrap_or(""));
-                if !names.contains(&n) {
-                    names.push(n);
-                }
-                unit.clone_from(&r.unit);
-            }
-        }
-        let ymax = rep
+    for suite in &suites {
+        let (area, rest) = bottom.split_vertically(suite_height(suite));
+        bottom = rest;
+        let names = names_of(suite);
+        let unit = rep
+            .devices
+            .iter()
+            .flat_map(|d| d.rows.iter().filter(|r| &r.suite == suite))
+            .map(|r| r.unit.clone())
+            .next()
+            .unwrap_or_default();
+        let xmax = rep
             .devices
             .iter()
             .flat_map(|d| d.rows.iter().filter(|r| &r.suite == suite))
             .filter_map(|r| r.value)
             .fold(1e-9, f64::max)
-            * 1.15;
-        let nd = rep.devices.len().max(1);
-        let mut chart = ChartBuilder::on(area)
+            * 1.45;
+        let n = names.len() as f64;
+        let mut chart = ChartBuilder::on(&area)
             .caption(format!("{suite} ({unit})"), ("sans-serif", 16))
             .margin(8)
             .x_label_area_size(30)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0f64..names.len() as f64, 0f64..ymax)
+            .y_label_area_size(330)
+            .build_cartesian_2d(0f64..xmax, 0f64..n)
             .map_err(err)?;
         chart
             .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(names.len().max(1))
-            .x_label_formatter(&|x| {
-                let i = x.floor() as usize;
-                names.get(i).map_or(String::new(), |n| shorten(n))
+            .disable_y_mesh()
+            .y_labels(names.len().max(1) * 2 + 1)
+            .y_label_formatter(&|y| {
+                // Labels at the middle of each row's band (row 0 at the top).
+                let f = y.fract();
+                let i = n - 1.0 - y.floor();
+                if (f - 0.5).abs() < 1e-6 && i >= 0.0 {
+                    names.get(i as usize).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
             })
-            .y_desc(unit.as_str())
+            .x_desc(unit.as_str())
             .draw()
             .map_err(err)?;
         for (di, (d, color)) in rep.devices.iter().zip(COLORS.iter().cycle()).enumerate() {
@@ -142,12 +163,13 @@ pub fn write(rep: &Report, path: &Path) -> Result<()> {
                 .iter()
                 .filter(|r| &r.suite == suite)
                 .filter_map(|r| {
-                    let n = format!("{} {}", r.name, r.dtype.as_deref().unwrap_or(""));
-                    let i = names.iter().position(|x| *x == n)? as f64;
-                    let w = 0.8 / nd as f64;
-                    let x0 = i + 0.1 + w * di as f64;
+                    let name = format!("{} {}", r.name, r.dtype.as_deref().unwrap_or(""));
+                    let i = names.iter().position(|x| *x == name)? as f64;
+                    let band = n - 1.0 - i;
+                    let h = 0.8 / nd as f64;
+                    let y0 = band + 0.9 - h * (di as f64 + 1.0);
                     Some(Rectangle::new(
-                        [(x0, 0.0), (x0 + w, r.value?)],
+                        [(0.0, y0), (r.value?, y0 + h)],
                         color.filled(),
                     ))
                 })
@@ -155,25 +177,18 @@ pub fn write(rep: &Report, path: &Path) -> Result<()> {
             chart
                 .draw_series(bars)
                 .map_err(err)?
-                .label(shorten(&d.name))
+                .label(super::report::short_name(&d.name))
                 .legend(move |(x, y)| {
                     Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
                 });
         }
         chart
             .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()
             .map_err(err)?;
     }
     root.present().map_err(err)
-}
-
-fn shorten(s: &str) -> String {
-    if s.chars().count() <= 34 {
-        s.to_string()
-    } else {
-        s.chars().take(33).chain(std::iter::once('…')).collect()
-    }
 }

@@ -259,9 +259,10 @@ fn bench(a: BenchArgs) -> Result<bool> {
     let rep = bench::run(&devices, &opts)?;
     print!("{}", report::table(&rep));
     println!(
-        "
-{} rows in {:.1} s (times: wall clock around a full sync; % peak: of the device's \
-         roofline at the row's FLOP/byte)",
+        "\n{} rows in {:.1} s. median: by GPU timestamps (gpu) or the wall clock around a full \
+         sync (wall); first run: with compilation; % peak: of the device's own roofline at the \
+         row's FLOP/byte (GB/s rows: of its bandwidth); err/tol: the largest |error| ÷ the op's \
+         tolerance on a sample (> 1 is FLAGGED)",
         rep.devices.iter().map(|d| d.rows.len()).sum::<usize>(),
         rep.elapsed_s
     );

@@ -373,3 +373,48 @@ fn an_adapter_that_refuses_the_device_request_gives_a_clear_error() {
     let out = run_on(&Device::cpu(), &g, &[("x", &x)], &[], &[]).expect("the CPU still runs");
     assert_eq!(out[0].to_f32_vec(), vec![-1.0, 2.0, -3.0, 4.0]);
 }
+
+#[test]
+fn gpu_timing_reports_device_time_where_the_adapter_has_timestamps() {
+    // A 128³ matmul and an add: with timing on, an adapter with
+    // timestamp queries reports a device time within the run's wall time; off, none.
+    let mut rng = Rng::new(35);
+    let a = Tensor::new(&[128, 128], rng.vec(128 * 128, -1.0, 1.0)).expect("a");
+    let mut g = Graph::new();
+    let ai = g.input("a", [128, 128], DType::F32);
+    let y = g.matmul(ai, ai).expect("matmul");
+    let z = g.add(y, y).expect("add");
+    g.output("z", z).expect("out");
+    for device in polytensor::Device::list()
+        .into_iter()
+        .filter(|d| d.info().backend == "wgpu")
+    {
+        let has = device
+            .info()
+            .details
+            .iter()
+            .any(|(k, v)| k == "timestamp queries" && v == "yes");
+        let mut s = Session::new(&device);
+        s.set_fallback(FallbackPolicy::Deny);
+        let p = s.compile(&g).expect("compile");
+        s.run(&p, &[("a", a.view())], &[]).expect("run");
+        assert_eq!(s.last_run_stats().gpu_ns, None, "timing is off by default");
+        s.set_gpu_timing(true);
+        let t = std::time::Instant::now();
+        let out = s.run(&p, &[("a", a.view())], &[]).expect("timed run");
+        let wall = t.elapsed().as_nanos() as u64;
+        let gpu = s.last_run_stats().gpu_ns;
+        let name = &device.info().name;
+        assert_eq!(gpu.is_some(), has, "{name}: {gpu:?}");
+        if let Some(ns) = gpu {
+            assert!(
+                ns > 0 && ns <= wall,
+                "{name}: device {ns} ns of {wall} ns wall"
+            );
+        }
+        // Timing changes nothing in the results.
+        s.set_gpu_timing(false);
+        let again = s.run(&p, &[("a", a.view())], &[]).expect("run");
+        assert_eq!(out.get("z").expect("z"), again.get("z").expect("z"));
+    }
+}

@@ -172,6 +172,7 @@ impl Program for FakeProgram {
             states: &states,
             seed: args.seed,
             counter: args.counter,
+            gpu_timing: args.gpu_timing,
         };
         let out = self.inner.submit(inner)?.wait()?;
         self.runs.fetch_add(1, Ordering::SeqCst);

@@ -80,6 +80,8 @@ pub(crate) struct WgpuProgram {
     pub(super) params: wgpu::Buffer,
     /// Readback buffer of each graph output.
     pub(super) staging: Vec<wgpu::Buffer>,
+    /// Pass timestamps, where the device has timestamp queries.
+    pub(super) timer: Option<Timer>,
     /// Held from submit until the outputs are read: one set of buffers serves one run at a time.
     pub(super) running: Mutex<RunState>,
     /// The counts of the latest run (before any: of the compile).
@@ -306,6 +308,18 @@ impl WgpuProgram {
             .map(|(_, id)| ctx.staging(device_bytes(nodes[id.0].dtype, &maxima[id.0])))
             .collect();
         let params = ctx.uniform(params_bytes.max(16));
+        // Timestamps of each compute pass (a run opens one more pass after each snapshot).
+        let timer = ctx
+            .device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+            .then(|| {
+                let passes = 1 + steps
+                    .iter()
+                    .filter(|s| matches!(s, Step::Snapshot { .. }))
+                    .count() as u32;
+                Timer::new(&ctx, passes)
+            });
         let built = ctx
             .pipelines_built
             .load(std::sync::atomic::Ordering::Relaxed)
@@ -328,6 +342,38 @@ impl WgpuProgram {
             launches,
             params,
             staging,
+            timer,
         })
+    }
+}
+
+/// GPU timestamps at the beginning and end of each compute pass of a run.
+pub(crate) struct Timer {
+    pub set: wgpu::QuerySet,
+    /// Where the queries resolve (8 bytes each), then copied to `readback`.
+    pub resolve: wgpu::Buffer,
+    pub readback: wgpu::Buffer,
+    /// Nanoseconds per timestamp tick.
+    pub period: f64,
+}
+
+impl Timer {
+    fn new(ctx: &Ctx, passes: u32) -> Timer {
+        let bytes = u64::from(passes) * 16;
+        Timer {
+            set: ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("pass timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2 * passes,
+            }),
+            resolve: ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("timestamps"),
+                size: bytes,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            }),
+            readback: ctx.staging(bytes),
+            period: f64::from(ctx.queue.get_timestamp_period()),
+        }
     }
 }

@@ -188,6 +188,7 @@ impl WgpuProgram {
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("run") });
         let mut pass: Option<wgpu::ComputePass<'static>> = None;
+        let timer = self.timer.as_ref().filter(|_| args.gpu_timing);
         // The pipeline last set in the open pass (set again only when it changes).
         let mut current: Option<*const Pipeline> = None;
         for step in &self.steps {
@@ -228,10 +229,15 @@ impl WgpuProgram {
                         })?;
                         let bg = self.bind_group(k, state, args, stats)?;
                         let p = pass.get_or_insert_with(|| {
+                            let at = 2 * stats.passes as u32;
                             stats.passes += 1;
                             enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                                 label: Some("run"),
-                                timestamp_writes: None,
+                                timestamp_writes: timer.map(|t| wgpu::ComputePassTimestampWrites {
+                                    query_set: &t.set,
+                                    beginning_of_pass_write_index: Some(at),
+                                    end_of_pass_write_index: Some(at + 1),
+                                }),
                             })
                             .forget_lifetime()
                         });
@@ -252,6 +258,14 @@ impl WgpuProgram {
             }
         }
         drop(pass);
+        if let Some(t) = timer
+            && stats.passes > 0
+        {
+            let n = 2 * stats.passes as u32;
+            enc.resolve_query_set(&t.set, 0..n, &t.resolve, 0);
+            enc.copy_buffer_to_buffer(&t.resolve, 0, &t.readback, 0, u64::from(n) * 8);
+            stats.gpu_ns = Some(0);
+        }
         for ((_, id), st) in self.graph.outputs().iter().zip(&self.staging) {
             let n: usize = shapes[id.0].iter().product();
             if n > 0 {
@@ -275,7 +289,7 @@ impl Pending for WgpuPending<'_> {
     fn wait(self: Box<Self>) -> Result<Vec<Tensor>> {
         let p = self.program;
         let outs = p.graph.outputs();
-        let reads: Vec<(&wgpu::Buffer, u64)> = outs
+        let mut reads: Vec<(&wgpu::Buffer, u64)> = outs
             .iter()
             .zip(&p.staging)
             .map(|((_, id), st)| {
@@ -289,9 +303,28 @@ impl Pending for WgpuPending<'_> {
                 (st, bytes)
             })
             .collect();
-        let data = p.ctx.read_back(&reads)?;
         let mut stats = self.stats;
         stats.bytes_read_back = reads.iter().map(|(_, n)| n).sum();
+        // The pass timestamps (recorded when `gpu_ns` was set at submit) come back last.
+        let timed = match (&p.timer, stats.gpu_ns) {
+            (Some(t), Some(_)) => {
+                reads.push((&t.readback, stats.passes * 16));
+                Some(t.period)
+            }
+            _ => None,
+        };
+        let mut data = p.ctx.read_back(&reads)?;
+        if let Some(period) = timed {
+            let stamps = data.pop().unwrap_or_default();
+            let ticks: u64 = stamps
+                .chunks_exact(16)
+                .map(|c| {
+                    let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+                    word(&c[8..]).saturating_sub(word(&c[..8]))
+                })
+                .sum();
+            stats.gpu_ns = Some((ticks as f64 * period) as u64);
+        }
         *lock(&p.stats) = stats;
         outs.iter()
             .zip(data)
