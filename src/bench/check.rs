@@ -15,9 +15,9 @@ pub struct ErrorScore {
     pub ratio: f64,
 }
 
-/// Unit roundoff of a storage dtype (half its epsilon).
+/// Unit roundoff of a storage dtype (`DType::epsilon` is the unit roundoff).
 fn unit(dtype: DType) -> f64 {
-    dtype.epsilon() / 2.0
+    dtype.epsilon()
 }
 
 /// f32 accumulation's unit roundoff.
@@ -41,12 +41,16 @@ pub fn score(problem: &Problem, dtype: DType, inputs: &[Vec<f32>], got: &[f64]) 
     let mut num = 0.0;
     let mut den = 0.0;
     let mut ratio: f64 = 0.0;
+    let debug = std::env::var_os("POLYTENSOR_BENCH_DEBUG").is_some();
     let mut add = |g: f64, r: f64, tol: f64| {
         let e = (g - r).abs();
         num += e * e;
         den += r * r;
         // NaN in the output counts as an infinitely wrong element.
         let q = if e.is_nan() { f64::INFINITY } else { e / tol };
+        if debug && q > ratio {
+            eprintln!("worst so far: got {g:e} ref {r:e} |err| {e:e} tol {tol:e}");
+        }
         ratio = ratio.max(q);
     };
     match *problem {
@@ -61,8 +65,11 @@ pub fn score(problem: &Problem, dtype: DType, inputs: &[Vec<f32>], got: &[f64]) 
                     r += x * w;
                     mag += (x * w).abs();
                 }
-                // The matmul tests' bound: 2·K·u·Σ|a||b| + one rounding of the output.
-                let tol = 2.0 * k as f64 * U32 * mag + unit(dtype) * r.abs() + f64::MIN_POSITIVE;
+                // The matmul tests' bound (tests/polytensor/matmul.rs):
+                // 2·K·u·Σ|a||b|·1.01 + 2·u_dtype·|ref|.
+                let tol = 2.0 * k as f64 * U32 * mag * 1.01
+                    + 2.0 * unit(dtype) * r.abs()
+                    + f64::MIN_POSITIVE;
                 add(got[l], r, tol);
             }
         }
@@ -85,31 +92,36 @@ pub fn score(problem: &Problem, dtype: DType, inputs: &[Vec<f32>], got: &[f64]) 
                 let kh = h / group;
                 let seen = kv_len - q_len + i + 1;
                 let qr = &q[(h * q_len + i) * d..][..d];
-                let s: Vec<f64> = (0..seen)
-                    .map(|j| {
-                        let kr = &k[(kh * kv_len + j) * d..][..d];
-                        scale
-                            * qr.iter()
-                                .zip(kr)
-                                .map(|(&x, &y)| f64::from(x) * f64::from(y))
-                                .sum::<f64>()
-                    })
-                    .collect();
+                let dot = |kr: &[f32], abs: bool| -> f64 {
+                    qr.iter()
+                        .zip(kr)
+                        .map(|(&x, &y)| {
+                            let p = f64::from(x) * f64::from(y);
+                            if abs { p.abs() } else { p }
+                        })
+                        .sum::<f64>()
+                };
+                let krow = |j: usize| &k[(kh * kv_len + j) * d..][..d];
+                let s: Vec<f64> = (0..seen).map(|j| scale * dot(krow(j), false)).collect();
+                // σ: the largest scale·Σ_d |q_d||k_jd| of the row.
+                let sigma = (0..seen)
+                    .map(|j| scale * dot(krow(j), true))
+                    .fold(0.0, f64::max);
                 let mx = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 let p: Vec<f64> = s.iter().map(|x| (x - mx).exp()).collect();
                 let z: f64 = p.iter().sum();
                 for c in 0..d {
-                    let (mut r, mut vmax) = (0.0, 0.0f64);
+                    let (mut r, mut m) = (0.0, 0.0);
                     for (j, pj) in p.iter().enumerate() {
                         let vj = f64::from(v[(kh * kv_len + j) * d + c]);
                         r += pj / z * vj;
-                        vmax = vmax.max(vj.abs());
+                        m += pj / z * vj.abs();
                     }
-                    // f32 scores over D terms, an online softmax over `seen` keys, then one
-                    // rounding of the output: 8·(D + seen)·u·max|v| + u_out·|ref|.
-                    let tol = 8.0 * (d + seen) as f64 * U32 * vmax
-                        + unit(dtype) * r.abs()
-                        + f64::MIN_POSITIVE;
+                    // The attention tests' bound (tests/polytensor/attention.rs):
+                    // 2·u·((D + 2)·σ + n + 16)·(Σ p|v| + |ref|) + 2.02·u_dtype·|ref|.
+                    let f32_part = 2.0 * U32 * ((d as f64 + 2.0) * sigma + seen as f64 + 16.0);
+                    let tol =
+                        f32_part * (m + r.abs()) + 2.02 * unit(dtype) * r.abs() + f64::MIN_POSITIVE;
                     add(got[row * d + c], r, tol);
                 }
             }

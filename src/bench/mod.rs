@@ -14,8 +14,9 @@
 //! steps) and one block at 32 tokens; 16 MiB memory rows; 3 timed runs; f32 unless `--dtype`
 //! says otherwise. The full run: n up to 4096, prefill up to 4096, decode up to 4096 keys, the
 //! 30-layer model (256-token prompt, 16 decode steps), 128 MiB, 5 timed runs, all dtypes,
-//! within a time budget: each row's time is predicted from the device's roofline and rows that
-//! would not fit say "skipped: budget".
+//! within a time budget (default 600 s), shared equally by the suites still to run: each row's
+//! time is predicted from the device's roofline (at a quarter of its rate) and rows that would not
+//! fit their suite's share say "skipped: budget".
 //!
 //! Matmul and attention rows are timed by GPU timestamp queries where the adapter has them
 //! (`Session::set_gpu_timing`: the device time of the run's compute passes; the row says
@@ -285,6 +286,10 @@ fn stats(times: &[f64]) -> (f64, f64, f64) {
 struct Runner<'a> {
     opts: &'a Options,
     start: Instant,
+    /// Elapsed seconds by which the current suite must end: an equal share of what is left of
+    /// the budget for each suite still to run, so a slow device or a large size cannot starve
+    /// the later suites.
+    deadline: std::cell::Cell<f64>,
     bar: indicatif::ProgressBar,
 }
 
@@ -294,15 +299,17 @@ impl Runner<'_> {
     }
 
     /// Whether a row predicted to take `secs` still fits the budget.
+    /// Whether a row predicted to take `secs` ends before the current suite's deadline.
     fn fits(&self, secs: f64) -> bool {
-        self.elapsed() + secs <= self.opts.budget_s
+        self.elapsed() + secs <= self.deadline.get()
     }
 
-    /// Predicted seconds of a row: first run plus warm-up plus the timed runs, each at the
-    /// roofline's time for its FLOPs and bytes (plus 1 ms of launch cost).
+    /// Predicted seconds of a row: first run plus warm-up plus the timed runs, each at a
+    /// quarter of the roofline's rate for its FLOPs and bytes (rows measure 5–80 % of it
+    /// here), plus 1 ms of launch cost.
     fn predict(&self, roof: Option<&Roofline>, flops: f64, bytes: f64) -> f64 {
         let Some(r) = roof else { return 0.0 };
-        let one = (flops / (r.peak_gflops * 1e9)).max(bytes / (r.bandwidth() * 1e9)) + 1e-3;
+        let one = 4.0 * (flops / (r.peak_gflops * 1e9)).max(bytes / (r.bandwidth() * 1e9)) + 1e-3;
         (self.opts.runs() + 2) as f64 * one
     }
 
@@ -446,6 +453,7 @@ pub fn run(devices: &[Device], opts: &Options) -> Result<Report> {
     let runner = Runner {
         opts,
         start: Instant::now(),
+        deadline: std::cell::Cell::new(opts.budget_s),
         bar: if opts.progress {
             indicatif::ProgressBar::new(0)
         } else {
@@ -474,42 +482,66 @@ pub fn run(devices: &[Device], opts: &Options) -> Result<Report> {
         };
         raws.push(raw);
     }
-    let mut plan: Vec<Box<Step>> = Vec::new();
+    let mut plan: Vec<(Suite, Box<Step>)> = Vec::new();
+    // Within a suite, the cheapest problems first: the budget cuts the largest.
+    let by_cost = |mut v: Vec<Problem>| {
+        v.sort_by(|a, b| a.flops().total_cmp(&b.flops()));
+        v
+    };
     if opts.has(Suite::Matmul) {
-        for p in Problem::matmuls(opts.quick) {
+        for p in by_cost(Problem::matmuls(opts.quick)) {
             for &dt in &opts.dtypes {
                 let p = p.clone();
-                plan.push(Box::new(move |r, d, rep, _| {
-                    vec![problem_row(r, d, rep, Suite::Matmul, &p, dt)]
-                }));
+                plan.push((
+                    Suite::Matmul,
+                    Box::new(move |r, d, rep, _| {
+                        vec![problem_row(r, d, rep, Suite::Matmul, &p, dt)]
+                    }),
+                ));
             }
         }
     }
     if opts.has(Suite::Attention) {
-        for p in Problem::attentions(opts.quick) {
+        for p in by_cost(Problem::attentions(opts.quick)) {
             for &dt in &opts.dtypes {
                 let p = p.clone();
-                plan.push(Box::new(move |r, d, rep, _| {
-                    vec![problem_row(r, d, rep, Suite::Attention, &p, dt)]
-                }));
+                plan.push((
+                    Suite::Attention,
+                    Box::new(move |r, d, rep, _| {
+                        vec![problem_row(r, d, rep, Suite::Attention, &p, dt)]
+                    }),
+                ));
             }
         }
     }
     if opts.has(Suite::Transformer) {
         for &dt in &opts.dtypes {
-            plan.push(Box::new(move |r, d, rep, _| {
-                transformer_rows(r, d, rep, dt)
-            }));
+            plan.push((
+                Suite::Transformer,
+                Box::new(move |r, d, rep, _| transformer_rows(r, d, rep, dt)),
+            ));
         }
     }
     if opts.has(Suite::Memory) {
-        plan.push(Box::new(|r, d, rep, _| memory_rows(r, d, rep)));
+        plan.push((
+            Suite::Memory,
+            Box::new(|r, d, rep, _| memory_rows(r, d, rep)),
+        ));
     }
     if opts.has(Suite::Overhead) {
-        plan.push(Box::new(overhead_rows));
+        plan.push((Suite::Overhead, Box::new(overhead_rows)));
     }
     runner.bar.set_length((plan.len() * devices.len()) as u64);
-    for step in &plan {
+    let mut current = None;
+    for (i, (suite, step)) in plan.iter().enumerate() {
+        if current != Some(*suite) {
+            current = Some(*suite);
+            let mut left: Vec<Suite> = plan[i..].iter().map(|(s, _)| *s).collect();
+            left.dedup();
+            let now = runner.elapsed();
+            let share = (opts.budget_s - now).max(0.0) / left.len() as f64;
+            runner.deadline.set(now + share);
+        }
         for ((d, rep), raw) in devices.iter().zip(reports.iter_mut()).zip(&raws) {
             let rows = step(&runner, d, rep, raw.as_ref());
             rep.rows.extend(rows);
@@ -688,8 +720,11 @@ fn transformer_rows(r: &Runner, d: &Device, rep: &DeviceReport, dtype: DType) ->
         let attn = 4.0 * (c.layers * c.heads * c.head_dim) as f64 * tf * (tf + 1.0) / 2.0;
         let prefill_flops = 2.0 * non_embed as f64 * tf + attn + 2.0 * (c.vocab * c.hidden) as f64;
         let weight_bytes = (params * dtype.size_of()) as f64;
-        let predicted = r.predict(roof, prefill_flops, weight_bytes)
-            + steps as f64 * r.predict(roof, 0.0, weight_bytes);
+        // 3 runs of prefill + `steps` decode steps, the CPU's f32 reference, and the first run.
+        let predicted = (r.predict(roof, prefill_flops, weight_bytes)
+            + steps as f64 * r.predict(roof, 0.0, weight_bytes))
+            * 5.0
+            / (r.opts.runs() + 2) as f64;
         if !d.info().dtypes.contains(&dtype) || !r.fits(predicted) {
             let status = if d.info().dtypes.contains(&dtype) {
                 "skipped: budget".to_string()
@@ -724,7 +759,8 @@ fn transformer_rows(r: &Runner, d: &Device, rep: &DeviceReport, dtype: DType) ->
             let e = check::score_logits(dtype, &step.logits, &want);
             let mut prefill = Vec::new();
             let mut dec = Vec::new();
-            for _ in 0..r.opts.runs() {
+            // A whole model per run: 3 runs (each with `steps` decode steps) are enough.
+            for _ in 0..r.opts.runs().min(3) {
                 m.reset();
                 let t1 = Instant::now();
                 let mut step = m.forward(&prompt)?;
@@ -986,7 +1022,9 @@ fn overhead_rows(
     if let Some(raw) = raw
         && let Ok(t) = raw.submit_wait_floor(runs)
     {
-        rows.push(us_row("raw wgpu submit+wait (floor)", 0.0, &t, None));
+        let mut row = us_row("raw wgpu submit+wait (floor)", 0.0, &t, None);
+        row.first_s = None;
+        rows.push(row);
     }
     for row in &rows {
         r.finish(&rep.name, row);

@@ -210,6 +210,18 @@ fn copy(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     }
 }
 
+// Four consecutive vec4s (64 bytes) per invocation: fewer, wider accesses per lane.
+@compute @workgroup_size(64)
+fn copy4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) ng: vec3<u32>) {
+    let i = 4u * (gid.x + gid.y * ng.x * 64u);
+    if (i + 3u < arrayLength(&dst)) {
+        dst[i] = src[i];
+        dst[i + 1u] = src[i + 1u];
+        dst[i + 2u] = src[i + 2u];
+        dst[i + 3u] = src[i + 3u];
+    }
+}
+
 @compute @workgroup_size(64)
 fn triad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) ng: vec3<u32>) {
     let i = gid.x + gid.y * ng.x * 64u;
@@ -420,12 +432,14 @@ impl RawGpu {
         let (a, b, c) = (self.buffer(bytes), self.buffer(bytes), self.buffer(bytes));
         let groups = u32::try_from((bytes / 16).div_ceil(64)).unwrap_or(u32::MAX);
         let copy_p = self.pipeline("copy", 1);
+        let copy4_p = self.pipeline("copy4", 1);
         let triad_p = self.pipeline("triad", 1);
         self.time(&copy_p, [&a, &b, &c], groups)?;
         let mut copy = f64::INFINITY;
         let mut triad = f64::INFINITY;
         for _ in 0..3 {
             copy = copy.min(self.time(&copy_p, [&a, &b, &c], groups)?);
+            copy = copy.min(self.time(&copy4_p, [&a, &b, &c], groups.div_ceil(4))?);
             triad = triad.min(self.time(&triad_p, [&a, &b, &c], groups)?);
         }
         Ok(Roofline {
