@@ -121,18 +121,11 @@ fn main() -> polytensor::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(32);
     let c = smollm2();
-    let params: usize = c
-        .weights()
-        .iter()
-        .map(|(_, s)| s.iter().product::<usize>())
-        .sum();
+    let params = c.parameters();
     let non_embed = params - c.vocab * c.hidden;
     let prompt: Vec<u32> = (0..256u32).map(|i| (i * 7919) % c.vocab as u32).collect();
-    // Prefill FLOPs: 2 × non-embedding parameters × tokens, attention (QKᵀ and PV over the causal
-    // half), and the LM head on the last row only.
     let t = prompt.len() as f64;
-    let attn = 2.0 * 2.0 * (c.layers * c.heads * c.head_dim) as f64 * t * (t + 1.0) / 2.0;
-    let prefill_flop = 2.0 * non_embed as f64 * t + attn + 2.0 * (c.vocab * c.hidden) as f64;
+    let prefill_flop = c.prefill_flops(prompt.len());
     let gemm = gemm_rate(256, 576, 1536);
     // 2 × 128 MiB: past L3, small beside the weights (so the peak memory stays the model's).
     let bw = copy_bandwidth(128 << 20);

@@ -488,28 +488,19 @@ pub fn run(devices: &[Device], opts: &Options) -> Result<Report> {
         v.sort_by(|a, b| a.flops().total_cmp(&b.flops()));
         v
     };
-    if opts.has(Suite::Matmul) {
-        for p in by_cost(Problem::matmuls(opts.quick)) {
-            for &dt in &opts.dtypes {
-                let p = p.clone();
-                plan.push((
-                    Suite::Matmul,
-                    Box::new(move |r, d, rep, _| {
-                        vec![problem_row(r, d, rep, Suite::Matmul, &p, dt)]
-                    }),
-                ));
-            }
+    for (suite, problems) in [
+        (Suite::Matmul, Problem::matmuls(opts.quick)),
+        (Suite::Attention, Problem::attentions(opts.quick)),
+    ] {
+        if !opts.has(suite) {
+            continue;
         }
-    }
-    if opts.has(Suite::Attention) {
-        for p in by_cost(Problem::attentions(opts.quick)) {
+        for p in by_cost(problems) {
             for &dt in &opts.dtypes {
                 let p = p.clone();
                 plan.push((
-                    Suite::Attention,
-                    Box::new(move |r, d, rep, _| {
-                        vec![problem_row(r, d, rep, Suite::Attention, &p, dt)]
-                    }),
+                    suite,
+                    Box::new(move |r, d, rep, _| vec![problem_row(r, d, rep, suite, &p, dt)]),
                 ));
             }
         }
@@ -710,16 +701,9 @@ fn transformer_rows(r: &Runner, d: &Device, rep: &DeviceReport, dtype: DType) ->
         ),
     ] {
         r.progress(&rep.name, &format!("transformer {name} {dtype}"));
-        let params: usize = c
-            .weights()
-            .iter()
-            .map(|(_, s)| s.iter().product::<usize>())
-            .sum();
-        let non_embed = params - c.vocab * c.hidden;
         let tf = t as f64;
-        let attn = 4.0 * (c.layers * c.heads * c.head_dim) as f64 * tf * (tf + 1.0) / 2.0;
-        let prefill_flops = 2.0 * non_embed as f64 * tf + attn + 2.0 * (c.vocab * c.hidden) as f64;
-        let weight_bytes = (params * dtype.size_of()) as f64;
+        let prefill_flops = c.prefill_flops(t);
+        let weight_bytes = (c.parameters() * dtype.size_of()) as f64;
         // 3 runs of prefill + `steps` decode steps, the CPU's f32 reference, and the first run.
         let predicted = (r.predict(roof, prefill_flops, weight_bytes)
             + steps as f64 * r.predict(roof, 0.0, weight_bytes))

@@ -77,32 +77,7 @@ enum Command {
     /// Measure every device: roofline (peak FMA, copy, triad), matmul, attention, transformer,
     /// memory and overhead suites, each row with its rate, % of the device's measured peak and
     /// its error against an f64 reference (flagged above the op's tolerance).
-    Bench {
-        /// `all`, or comma-separated device indices / name fragments (see `devices`).
-        #[arg(long, default_value = "all")]
-        device: String,
-        /// Comma-separated: roofline, matmul, attention, transformer, memory, overhead (or all).
-        #[arg(long, default_value = "all")]
-        suite: String,
-        /// Comma-separated storage dtypes; default f32 with --quick, all three otherwise.
-        #[arg(long)]
-        dtype: Option<String>,
-        /// Small sizes, 3 timed runs: under a minute with every device here.
-        #[arg(long)]
-        quick: bool,
-        /// Time budget in seconds: rows predicted past it print "skipped: budget".
-        #[arg(long, default_value_t = 600.0)]
-        budget: f64,
-        /// Write the report as JSON (schema: src/bench/schema.json).
-        #[arg(long)]
-        json: Option<std::path::PathBuf>,
-        /// Write the charts (roofline per device, bars per suite) as one SVG.
-        #[arg(long)]
-        svg: Option<std::path::PathBuf>,
-        /// Compare earlier JSON reports (no run): ratio tables across machines and vendors.
-        #[arg(long, num_args = 1..)]
-        compare: Vec<std::path::PathBuf>,
-    },
+    Bench(BenchArgs),
     /// Sentence embeddings with a BERT-family checkpoint directory (config.json,
     /// model.safetensors, tokenizer.json), and their cosine similarity matrix.
     Embed {
@@ -159,25 +134,7 @@ fn main() -> ExitCode {
                 seed,
             },
         ),
-        Command::Bench {
-            device,
-            suite,
-            dtype,
-            quick,
-            budget,
-            json,
-            svg,
-            compare,
-        } => bench(BenchArgs {
-            device,
-            suite,
-            dtype,
-            quick,
-            budget,
-            json,
-            svg,
-            compare,
-        }),
+        Command::Bench(args) => bench(args),
         Command::Embed {
             model,
             sentences,
@@ -204,14 +161,32 @@ fn main() -> ExitCode {
     }
 }
 
+/// `polytensor bench`'s arguments.
+#[derive(clap::Args)]
 struct BenchArgs {
+    /// `all`, or comma-separated device indices / name fragments (see `devices`).
+    #[arg(long, default_value = "all")]
     device: String,
+    /// Comma-separated: roofline, matmul, attention, transformer, memory, overhead (or all).
+    #[arg(long, default_value = "all")]
     suite: String,
+    /// Comma-separated storage dtypes; default f32 with --quick, all three otherwise.
+    #[arg(long)]
     dtype: Option<String>,
+    /// Small sizes, 3 timed runs: under a minute with every device here.
+    #[arg(long)]
     quick: bool,
+    /// Time budget in seconds: rows predicted past it print "skipped: budget".
+    #[arg(long, default_value_t = 600.0)]
     budget: f64,
+    /// Write the report as JSON (schema: src/bench/schema.json).
+    #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Write the charts (roofline per device, bars per suite) as one SVG.
+    #[arg(long)]
     svg: Option<std::path::PathBuf>,
+    /// Compare earlier JSON reports (no run): ratio tables across machines and vendors.
+    #[arg(long, num_args = 1..)]
     compare: Vec<std::path::PathBuf>,
 }
 
@@ -318,19 +293,6 @@ fn devices() -> Result<bool> {
     Ok(true)
 }
 
-/// Deterministic values in [-1, 1).
-fn data(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-        })
-        .collect()
-}
-
 fn matmul_graph(n: usize, dtype: DType) -> Result<Graph> {
     let mut g = Graph::new();
     let a = g.input("a", [n, n], dtype);
@@ -361,8 +323,8 @@ fn demo(n: usize, runs: usize, filter: Option<&str>) -> Result<bool> {
     let flops = 2.0 * (n as f64).powi(3);
     let mut all_ok = true;
     for dtype in [DType::F32, DType::F16, DType::BF16] {
-        let a = Tensor::from_f32(&[n, n], data(n * n, 1), dtype)?;
-        let b = Tensor::from_f32(&[n, n], data(n * n, 2), dtype)?;
+        let a = Tensor::from_f32(&[n, n], polytensor::bench::problems::data(n * n, 1), dtype)?;
+        let b = Tensor::from_f32(&[n, n], polytensor::bench::problems::data(n * n, 2), dtype)?;
         let graph = matmul_graph(n, dtype)?;
         let inputs = [("a", a.view()), ("b", b.view())];
         let mut reference = Session::new(&Device::reference());

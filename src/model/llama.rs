@@ -71,6 +71,23 @@ impl LlamaConfig {
         Ok(())
     }
 
+    /// Parameters of every weight of [`LlamaConfig::weights`].
+    pub fn parameters(&self) -> usize {
+        self.weights()
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum()
+    }
+
+    /// FLOPs of a prefill of `tokens` tokens: 2 × non-embedding parameters × tokens, attention
+    /// (QKᵀ and PV over the causal half), and the LM head on the last row only.
+    pub fn prefill_flops(&self, tokens: usize) -> f64 {
+        let t = tokens as f64;
+        let non_embed = (self.parameters() - self.vocab * self.hidden) as f64;
+        let attn = 4.0 * (self.layers * self.heads * self.head_dim) as f64 * t * (t + 1.0) / 2.0;
+        2.0 * non_embed * t + attn + 2.0 * (self.vocab * self.hidden) as f64
+    }
+
     /// Every weight the model reads: Hugging Face name and shape.
     pub fn weights(&self) -> Vec<(String, Vec<usize>)> {
         let (h, q, kv) = (
