@@ -22,6 +22,7 @@
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
+use polytensor::bench::problems::{Problem, data};
 use polytensor::{DType, Device, FallbackPolicy, Graph, Offset, Session, Tensor};
 use rayon::prelude::*;
 
@@ -41,34 +42,23 @@ const KV_BIG: usize = 32768;
 const KV_SMALL: usize = 16;
 const KV_GROUP: &str = "kv_append_1token_8x64";
 
-fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+/// The causal prefill problem `polytensor bench` measures: 1×8×512×64.
+const CAUSAL: Problem = Problem::Attention {
+    heads: H,
+    kv_heads: H,
+    q_len: S,
+    kv_len: S,
+    d: D,
+};
 
 /// Effective FLOPs of causal attention over the unmasked half: 2 products × 2 FLOP per
 /// multiply-add × D × Σ_i (i + 1) visible keys × heads.
 fn causal_flops() -> f64 {
-    (4 * D * (S * (S + 1) / 2) * H) as f64
+    CAUSAL.flops()
 }
 
 fn fused_graph(dtype: DType) -> Graph {
-    let mut g = Graph::new();
-    let q = g.input("q", [1, H, S, D], dtype);
-    let k = g.input("k", [1, H, S, D], dtype);
-    let v = g.input("v", [1, H, S, D], dtype);
-    let a = g
-        .attention(q, k, v, None, 1.0 / (D as f64).sqrt(), true, None)
-        .expect("attention");
-    g.output("out", a).expect("output");
-    g
+    CAUSAL.graph(dtype).expect("attention")
 }
 
 fn composed_graph() -> Graph {
@@ -199,7 +189,7 @@ fn bench_decode(c: &mut Criterion) {
     let caches: Vec<(Tensor, Tensor)> = (0..DEC_CACHES)
         .map(|i| {
             let t = |seed| Tensor::new(&[1, DEC_HKV, DEC_LEN, D], data(kv, seed)).expect("cache");
-            (t(10 + 2 * i as u64), t(11 + 2 * i as u64))
+            (t(10 + 2 * i as u32), t(11 + 2 * i as u32))
         })
         .collect();
     let q = Tensor::new(&[1, DEC_HQ, 1, D], data(DEC_HQ * D, 5)).expect("q");

@@ -19,19 +19,8 @@
 
 use std::time::{Duration, Instant};
 
+use polytensor::bench::problems::{Problem, data};
 use polytensor::{DType, Device, FallbackPolicy, Graph, Session, Tensor};
-
-fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 /// Median seconds of `f` over runs filling `budget` (at least 3 runs).
 fn median(budget: Duration, mut f: impl FnMut()) -> f64 {
@@ -46,13 +35,16 @@ fn median(budget: Duration, mut f: impl FnMut()) -> f64 {
     times[times.len() / 2]
 }
 
+/// `polytensor bench`'s square matmul problem.
 fn matmul_graph(n: usize, dtype: DType) -> Graph {
-    let mut g = Graph::new();
-    let a = g.input("a", [n, n], dtype);
-    let b = g.input("b", [n, n], dtype);
-    let c = g.matmul(a, b).expect("matmul");
-    g.output("c", c).expect("output");
-    g
+    Problem::MatMul {
+        m: n,
+        k: n,
+        n,
+        tb: false,
+    }
+    .graph(dtype)
+    .expect("matmul")
 }
 
 const TINY: &str = r#"
@@ -248,20 +240,17 @@ fn raw_submit_and_wait(adapter: &wgpu::Adapter, budget: Duration) -> f64 {
     })
 }
 
-/// Causal attention [1, 8, 512, 64] in `dtype`, scale 1/8.
+/// Causal attention [1, 8, 512, 64] in `dtype`, scale 1/8: `polytensor bench`'s problem.
 fn attention_graph(dtype: DType) -> Graph {
-    let mut g = Graph::new();
-    let s = [1, 8, 512, 64];
-    let (q, k, v) = (
-        g.input("q", s, dtype),
-        g.input("k", s, dtype),
-        g.input("v", s, dtype),
-    );
-    let y = g
-        .attention(q, k, v, None, 0.125, true, None)
-        .expect("attention");
-    g.output("y", y).expect("output");
-    g
+    Problem::Attention {
+        heads: 8,
+        kv_heads: 8,
+        q_len: 512,
+        kv_len: 512,
+        d: 64,
+    }
+    .graph(dtype)
+    .expect("attention")
 }
 
 /// Causal attention 1×8×512×64 against our f32 matmul at n = 512, alternating, per adapter.
@@ -349,7 +338,7 @@ fn decode_rows(gpus: &[Device], budget: Duration) {
                 let name = format!("{kv}{l}");
                 let t = Tensor::from_f32(
                     &[1, DEC_HKV, DEC_LEN, 64],
-                    data(DEC_HKV * DEC_LEN * 64, 100 + seed as u64),
+                    data(DEC_HKV * DEC_LEN * 64, 100 + seed as u32),
                     DType::F32,
                 )
                 .expect("cache");
