@@ -173,7 +173,7 @@ pub fn compare(reports: &[(String, Report)]) -> Comparison {
     let mut cols: Vec<&super::DeviceReport> = Vec::new();
     for (label, rep) in reports {
         for d in &rep.devices {
-            columns.push(format!("{label}: {}", d.name));
+            columns.push(format!("{label}: {}", short_name(&d.name)));
             cols.push(d);
         }
     }
