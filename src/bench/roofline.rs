@@ -286,10 +286,10 @@ impl RawGpu {
         Ok(secs)
     }
 
-    /// The roofline: the fastest of three FMA-chain kernels (vec4 `fma`, vec4 multiply-add,
-    /// scalar multiply-add in workgroups of 8: compilers differ on which runs best — lavapipe
-    /// 29/29/38 GFLOP/s, llvmpipe GL 104/105/45 on the same CPU), each sized until one launch
-    /// takes ≥ 50 ms, then copy and triad over `bytes` (capped by the binding limit).
+    /// The roofline: the fastest of three FMA-chain kernels (8 vec4 chains with `fma`, the same
+    /// with multiply-add, 32 scalar chains: compilers differ on which runs best — lavapipe
+    /// 15/15/75 GFLOP/s, llvmpipe GL 71/73/84 on the same 2-core CPU), each sized until one
+    /// launch takes ≥ 50 ms, then copy and triad over `bytes` (capped by the binding limit).
     pub fn roofline(&self, bytes: u64) -> Result<Roofline> {
         let limit = self.device.limits().max_storage_buffer_binding_size;
         let bytes = bytes.min(limit).min(self.device.limits().max_buffer_size) / 16 * 16;
@@ -305,7 +305,7 @@ impl RawGpu {
         for (entry, wg, per) in [
             ("fma_peak", 64.0, 64.0),
             ("mad_peak", 64.0, 64.0),
-            ("mad_scalar8", 8.0, 32.0),
+            ("mad_scalar32", 64.0, 64.0),
         ] {
             let kernel = self.pipeline(entry, iters);
             let mut groups = 64u32;
