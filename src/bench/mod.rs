@@ -364,6 +364,7 @@ pub fn run(devices: &[Device], opts: &Options) -> Result<Report> {
         for ((d, rep), raw) in devices.iter().zip(reports.iter_mut()).zip(&raws) {
             let rows = step(&runner, d, rep, raw.as_ref());
             rep.rows.extend(rows);
+            runner.bar.inc(1);
         }
     }
     runner.bar.finish_and_clear();

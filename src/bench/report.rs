@@ -296,8 +296,8 @@ pub fn machine() -> super::Machine {
 }
 
 /// Where criterion keeps its results: `CRITERION_HOME`, else `CARGO_TARGET_DIR/criterion`,
-/// else the target directory the running bench executable sits in (`<target>/<profile>/deps/`),
-/// else `target/criterion`.
+/// else the target directory the running bench executable sits in (`<target>/<profile>/deps/`,
+/// or `<target>/<triple>/<profile>/deps/`), else `target/criterion`.
 pub fn criterion_dir() -> PathBuf {
     if let Some(h) = std::env::var_os("CRITERION_HOME") {
         return PathBuf::from(h);
@@ -309,7 +309,14 @@ pub fn criterion_dir() -> PathBuf {
         .ok()
         .and_then(|exe| {
             let deps = exe.parent()?;
-            (deps.file_name()? == "deps").then(|| deps.parent()?.parent().map(Path::to_path_buf))?
+            let target = (deps.file_name()? == "deps").then(|| deps.parent()?.parent())??;
+            // `--target <triple>` builds sit one level deeper: <target>/<triple>/<profile>/deps.
+            match target.parent() {
+                Some(up) if !target.join("criterion").exists() && up.join("criterion").exists() => {
+                    Some(up.to_path_buf())
+                }
+                _ => Some(target.to_path_buf()),
+            }
         })
         .map_or_else(
             || PathBuf::from("target/criterion"),

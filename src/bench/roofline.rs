@@ -130,6 +130,13 @@ unsafe fn fma_chains_avx2(iters: usize, seed: f32) -> f32 {
 
 const KERNELS: &str = include_str!("roofline.wgsl");
 
+/// The (x, y) workgroup grid for `groups` workgroups under the 65535-per-dimension limit: at
+/// least `groups` of them (exactly `groups` up to 65535).
+fn grid(groups: u32) -> (u32, u32) {
+    let gy = groups.div_ceil(65535).max(1);
+    (groups.div_ceil(gy), gy)
+}
+
 /// A raw wgpu device on the adapter behind a polytensor wgpu [`Device`], with the roofline
 /// kernels compiled.
 pub struct RawGpu {
@@ -262,7 +269,7 @@ impl RawGpu {
                 },
             ],
         });
-        let (gx, gy) = (groups.min(65535), groups.div_ceil(65535));
+        let (gx, gy) = grid(groups);
         let t = Instant::now();
         let mut enc = self.device.create_command_encoder(&Default::default());
         {
@@ -292,7 +299,8 @@ impl RawGpu {
     /// launch takes ≥ 50 ms, then copy and triad over `bytes` (capped by the binding limit).
     pub fn roofline(&self, bytes: u64) -> Result<Roofline> {
         let limit = self.device.limits().max_storage_buffer_binding_size;
-        let bytes = bytes.min(limit).min(self.device.limits().max_buffer_size) / 16 * 16;
+        // Whole 64-byte units, so `copy4` moves every byte counted.
+        let bytes = bytes.min(limit).min(self.device.limits().max_buffer_size) / 64 * 64;
         let small = [
             self.buffer(1 << 16),
             self.buffer(1 << 16),
@@ -315,7 +323,9 @@ impl RawGpu {
                 secs = self.time(&kernel, small, groups)?;
             }
             secs = secs.min(self.time(&kernel, small, groups)?);
-            let flops = f64::from(groups) * wg * f64::from(iters) * per;
+            // Every dispatched workgroup runs the chains (the grid may round `groups` up).
+            let (gx, gy) = grid(groups);
+            let flops = f64::from(gx) * f64::from(gy) * wg * f64::from(iters) * per;
             if std::env::var_os("POLYTENSOR_BENCH_DEBUG").is_some() {
                 eprintln!("{}: {entry} {:.1} GFLOP/s", self.name, flops / secs / 1e9);
             }

@@ -61,7 +61,6 @@ impl Runner<'_> {
     }
 
     pub(super) fn finish(&self, device: &str, row: &Row) {
-        self.bar.inc(1);
         self.bar.println(report::row_line(device, row));
     }
 }
@@ -149,18 +148,21 @@ pub(super) struct Timed {
     pub out: Vec<(String, Tensor)>,
 }
 
-/// Compiles `g` and runs it once (timed together), then a warm-up and `runs` timed runs.
+/// Compiles `g` and runs it once (timed together), then a warm-up and `runs` timed runs, with
+/// GPU timestamps when `gpu_timing` (they cost a query resolve and a small readback per run, so
+/// the memory and overhead rows leave them off).
 pub(super) fn time_graph(
     s: &mut Session,
     g: &Graph,
     inputs: &[(&str, crate::TensorView<'_>)],
     runs: usize,
+    gpu_timing: bool,
 ) -> Result<Timed> {
     let t0 = Instant::now();
     let p = s.compile(g)?;
     s.run(&p, inputs, &[])?;
     let first = t0.elapsed().as_secs_f64();
-    s.set_gpu_timing(true);
+    s.set_gpu_timing(gpu_timing);
     let mut out = s.run(&p, inputs, &[])?;
     let mut times = Vec::with_capacity(runs);
     let mut gpu = Vec::with_capacity(runs);

@@ -78,7 +78,7 @@ fn measure_problem(
         times,
         gpu,
         out,
-    } = time_graph(&mut s, &g, &views, r.opts.runs())?;
+    } = time_graph(&mut s, &g, &views, r.opts.runs(), true)?;
     let got = out.first().map(|(_, t)| t.to_f64_vec()).unwrap_or_default();
     let stored: Vec<Vec<f32>> = inputs.iter().map(|(_, t)| t.to_f32_vec()).collect();
     let e = check::score(p, dtype, &stored, &got);
@@ -287,14 +287,14 @@ pub(super) fn memory_rows(r: &Runner, d: &Device, rep: &DeviceReport) -> Vec<Row
                     let xi = g.input("x", [n], DType::F32);
                     let y = g.slice(xi, 0, n - 1, 1)?;
                     g.output("y", y)?;
-                    let t = time_graph(&mut s, &g, &[("x", x.view())], runs)?;
+                    let t = time_graph(&mut s, &g, &[("x", x.view())], runs, false)?;
                     (t, x.to_f32_vec()[n - 1..].to_vec())
                 }
                 "device→host" => {
                     s.load_weight("w", x.view(), DType::F32)?;
                     let wi = g.weight("w", [n], DType::F32);
                     g.output("w", wi)?;
-                    (time_graph(&mut s, &g, &[], runs)?, x.to_f32_vec())
+                    (time_graph(&mut s, &g, &[], runs, false)?, x.to_f32_vec())
                 }
                 _ => {
                     // Weight → state, nothing read back.
@@ -303,7 +303,7 @@ pub(super) fn memory_rows(r: &Runner, d: &Device, rep: &DeviceReport) -> Vec<Row
                     g.state("s", [n], DType::F32);
                     let wi = g.weight("w", [n], DType::F32);
                     g.write_state("s", wi, 0, crate::Offset::Fixed(0))?;
-                    let mut t = time_graph(&mut s, &g, &[], runs)?;
+                    let mut t = time_graph(&mut s, &g, &[], runs, false)?;
                     t.out = vec![("s".into(), s.read_state("s")?)];
                     (t, x.to_f32_vec())
                 }
@@ -385,7 +385,7 @@ pub(super) fn overhead_rows(
             x = g.add(x, one)?;
         }
         g.write_state("s", x, 0, crate::Offset::Fixed(0))?;
-        let t = time_graph(&mut s, &g, &[], runs)?;
+        let t = time_graph(&mut s, &g, &[], runs, false)?;
         let launches = s.last_run_stats().launch_count;
         Ok((t.first, t.times, launches, s.read_state("s")?.to_f32_vec()))
     };
@@ -403,7 +403,7 @@ pub(super) fn overhead_rows(
             times: t,
             out: o,
             ..
-        } = time_graph(&mut s, &g, &[("x", x.view())], runs)?;
+        } = time_graph(&mut s, &g, &[("x", x.view())], runs, false)?;
         let got = o.first().map(|(_, t)| t.to_f32_vec()).unwrap_or_default();
         let ok = got == [2.0, -4.0, 1.0, 6.0];
         out.push(with_error(

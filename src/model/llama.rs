@@ -83,7 +83,9 @@ impl LlamaConfig {
     /// (QKᵀ and PV over the causal half), and the LM head on the last row only.
     pub fn prefill_flops(&self, tokens: usize) -> f64 {
         let t = tokens as f64;
-        let non_embed = (self.parameters() - self.vocab * self.hidden) as f64;
+        // The embedding (and an untied head, counted once below) are not per-token matmuls.
+        let tables = if self.tie_embeddings { 1 } else { 2 };
+        let non_embed = (self.parameters() - tables * self.vocab * self.hidden) as f64;
         let attn = 4.0 * (self.layers * self.heads * self.head_dim) as f64 * t * (t + 1.0) / 2.0;
         2.0 * non_embed * t + attn + 2.0 * (self.vocab * self.hidden) as f64
     }

@@ -97,15 +97,17 @@ fn compare_gives_the_expected_ratios() {
     assert!(table.contains("250 (×2.50)"), "{table}");
 }
 
-/// A backend plugin whose programs compute on the CPU and then scale every f32 output by 1.01:
-/// a kernel that gives wrong answers.
+/// A backend plugin whose programs compute on the CPU and then scale f32 outputs by 1.01 (every
+/// element, or only the last ninth when `tail`: the last attention head): a kernel that gives
+/// wrong answers.
 struct WrongAnswer {
     cpu: Device,
+    tail: bool,
 }
 
-struct WrongProgram(Box<dyn Program>);
+struct WrongProgram(Box<dyn Program>, bool);
 
-struct WrongPending<'a>(Box<dyn Pending + 'a>);
+struct WrongPending<'a>(Box<dyn Pending + 'a>, bool);
 
 impl Backend for WrongAnswer {
     fn info(&self) -> DeviceInfo {
@@ -122,7 +124,10 @@ impl Backend for WrongAnswer {
         self.cpu.backend().upload(tensor)
     }
     fn compile(&self, graph: &Graph) -> Result<Box<dyn Program>> {
-        Ok(Box::new(WrongProgram(self.cpu.backend().compile(graph)?)))
+        Ok(Box::new(WrongProgram(
+            self.cpu.backend().compile(graph)?,
+            self.tail,
+        )))
     }
     fn as_any(&self) -> Option<&dyn Any> {
         None
@@ -131,12 +136,13 @@ impl Backend for WrongAnswer {
 
 impl Program for WrongProgram {
     fn submit<'a>(&'a self, args: RunArgs<'a>) -> Result<Box<dyn Pending + 'a>> {
-        Ok(Box::new(WrongPending(self.0.submit(args)?)))
+        Ok(Box::new(WrongPending(self.0.submit(args)?, self.1)))
     }
 }
 
 impl Pending for WrongPending<'_> {
     fn wait(self: Box<Self>) -> Result<Vec<Tensor>> {
+        let tail = self.1;
         self.0
             .wait()?
             .into_iter()
@@ -144,7 +150,11 @@ impl Pending for WrongPending<'_> {
                 if t.dtype() != DType::F32 {
                     return Ok(t);
                 }
-                let v = t.to_f32_vec().iter().map(|x| x * 1.01).collect();
+                let mut v = t.to_f32_vec();
+                let from = if tail { v.len() - v.len() / 9 } else { 0 };
+                for x in &mut v[from..] {
+                    *x *= 1.01;
+                }
                 Tensor::from_f32(t.shape(), v, DType::F32)
             })
             .collect()
@@ -153,7 +163,10 @@ impl Pending for WrongPending<'_> {
 
 #[test]
 fn a_wrong_answer_kernel_is_flagged() {
-    let wrong = Device::new(Arc::new(WrongAnswer { cpu: Device::cpu() }));
+    let wrong = Device::new(Arc::new(WrongAnswer {
+        cpu: Device::cpu(),
+        tail: false,
+    }));
     let rep = bench::run(&[Device::cpu(), wrong], &quick(&[Suite::Matmul])).expect("runs");
     let (good, bad) = (&rep.devices[0], &rep.devices[1]);
     assert_eq!(bad.name, "wrong-answer plugin");
@@ -167,6 +180,17 @@ fn a_wrong_answer_kernel_is_flagged() {
     );
     assert_eq!(rep.flagged().len(), bad.rows.len());
     assert!(report::table(&rep).contains("FLAGGED"));
+    // Wrong only in the last attention head: the check samples rows of every head.
+    let last_head = Device::new(Arc::new(WrongAnswer {
+        cpu: Device::cpu(),
+        tail: true,
+    }));
+    let rep = bench::run(&[last_head], &quick(&[Suite::Attention])).expect("runs");
+    let rows = &rep.devices[0].rows;
+    assert!(
+        !rows.is_empty() && rows.iter().all(|r| r.flagged),
+        "{rows:#?}"
+    );
 }
 
 #[test]

@@ -164,6 +164,7 @@ fn dots16(a: &[f32], k: usize, row: &[u16], bf16: bool, out: &mut [f32], buf: &m
         && std::arch::is_x86_feature_detected!("fma")
         && std::arch::is_x86_feature_detected!("f16c")
     {
+        debug_assert!(out.len() <= 4, "dots16 takes at most 4 rows");
         // SAFETY: the CPU has AVX2, FMA and F16C, checked above; `a` holds
         // `out.len()` rows of k and `row` k elements (the callers' validated shapes).
         unsafe {
