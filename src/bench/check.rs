@@ -15,6 +15,17 @@ pub struct ErrorScore {
     pub ratio: f64,
 }
 
+impl ErrorScore {
+    /// A bit-exact check: 0 when the output is exactly as expected, else NMSE 1 and an infinite
+    /// ratio (flagged).
+    pub fn exact(ok: bool) -> ErrorScore {
+        ErrorScore {
+            nmse: if ok { 0.0 } else { 1.0 },
+            ratio: if ok { 0.0 } else { f64::INFINITY },
+        }
+    }
+}
+
 /// Unit roundoff of a storage dtype (`DType::epsilon` is the unit roundoff).
 fn unit(dtype: DType) -> f64 {
     dtype.epsilon()

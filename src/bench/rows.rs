@@ -96,7 +96,7 @@ pub(super) fn timed_row(
     bytes: f64,
     roof: Option<&Roofline>,
 ) -> Row {
-    let (med, min, max) = stats(times);
+    let med = stats(times).0;
     let (unit, value, pct) = if flops > 0.0 {
         let gf = flops / med / 1e9;
         let pct = roof.map(|r| 100.0 * gf / r.attainable(flops / bytes.max(1.0)));
@@ -106,21 +106,37 @@ pub(super) fn timed_row(
         ("GB/s", gb, roof.map(|r| 100.0 * gb / r.bandwidth()))
     };
     Row {
+        value: Some(value),
+        flops,
+        bytes,
+        pct_peak: pct,
+        ..measured(suite, name, dtype, unit, first, times)
+    }
+}
+
+/// A measured row's identity and times (median, min, max, first run; wall clock), its value and
+/// rates left for the caller.
+pub(super) fn measured(
+    suite: Suite,
+    name: String,
+    dtype: Option<DType>,
+    unit: &str,
+    first: f64,
+    times: &[f64],
+) -> Row {
+    let (med, min, max) = stats(times);
+    Row {
         suite: suite.name().to_string(),
         name,
         dtype: dtype.map(|d| d.name().to_string()),
         status: "ok".to_string(),
         unit: unit.to_string(),
-        value: Some(value),
         runs: times.len(),
         median_s: Some(med),
         min_s: Some(min),
         max_s: Some(max),
         wall_median_s: Some(med),
         first_s: Some(first),
-        flops,
-        bytes,
-        pct_peak: pct,
         timing: "wall".to_string(),
         ..Row::default()
     }

@@ -7,7 +7,7 @@ use super::check::{self, ErrorScore};
 use super::problems::{self, Problem};
 use super::roofline::{self, Roofline};
 use super::rows::{
-    Runner, Timed, failed, not_run, session, stats, time_graph, timed_row, with_error,
+    Runner, Timed, failed, measured, not_run, session, stats, time_graph, timed_row, with_error,
 };
 use super::{DeviceReport, Row, Suite};
 use crate::model::llama::{Llama, LlamaConfig};
@@ -331,13 +331,7 @@ pub(super) fn memory_rows(r: &Runner, d: &Device, rep: &DeviceReport) -> Vec<Row
             Ok((row, exact))
         })();
         let row = match result {
-            Ok((row, exact)) => with_error(
-                row,
-                ErrorScore {
-                    nmse: if exact { 0.0 } else { 1.0 },
-                    ratio: if exact { 0.0 } else { f64::INFINITY },
-                },
-            ),
+            Ok((row, exact)) => with_error(row, ErrorScore::exact(exact)),
             Err(e) => not_run(Suite::Memory, name.to_string(), None, failed(&e), "GB/s"),
         };
         r.finish(&rep.name, &row);
@@ -356,22 +350,9 @@ pub(super) fn overhead_rows(
     let runs = if r.opts.quick { 20 } else { 100 };
     let mut rows = Vec::new();
     let us_row = |name: &str, first: f64, times: &[f64], value: Option<f64>| {
-        let (med, min, max) = stats(times);
-        Row {
-            suite: Suite::Overhead.name().to_string(),
-            name: name.to_string(),
-            status: "ok".to_string(),
-            unit: "µs".to_string(),
-            value: value.or(Some(med * 1e6)),
-            runs: times.len(),
-            median_s: Some(med),
-            min_s: Some(min),
-            max_s: Some(max),
-            wall_median_s: Some(med),
-            first_s: Some(first),
-            timing: "wall".to_string(),
-            ..Row::default()
-        }
+        let mut row = measured(Suite::Overhead, name.to_string(), None, "µs", first, times);
+        row.value = value.or(row.median_s.map(|m| m * 1e6));
+        row
     };
     r.progress(&rep.name, "overhead");
     // A chain of `len` adds on a 4-element state, written back; no readback.
@@ -408,10 +389,7 @@ pub(super) fn overhead_rows(
         let ok = got == [2.0, -4.0, 1.0, 6.0];
         out.push(with_error(
             us_row("Session::run, 1 op + readback", f, &t, None),
-            ErrorScore {
-                nmse: if ok { 0.0 } else { 1.0 },
-                ratio: if ok { 0.0 } else { f64::INFINITY },
-            },
+            ErrorScore::exact(ok),
         ));
         // 2. One tiny kernel, no readback.
         let (f1, t1, l1, s1) = chain(1)?;
@@ -419,10 +397,7 @@ pub(super) fn overhead_rows(
         let ok1 = s1.iter().all(|&v| v == (runs + 2) as f32);
         out.push(with_error(
             us_row("one tiny kernel (no readback)", f1, &t1, None),
-            ErrorScore {
-                nmse: if ok1 { 0.0 } else { 1.0 },
-                ratio: if ok1 { 0.0 } else { f64::INFINITY },
-            },
+            ErrorScore::exact(ok1),
         ));
         // 3. Per launch inside one submission: 64 chained kernels against 1 (per op where the
         // backend does not count launches: the CPU).

@@ -4,13 +4,13 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{Binding, Buf, Class, Go, Launch, NodeView, RunValues, fits};
+use super::{Binding, Buf, Class, Go, Launch, NodeView, RunValues, fits, matvec};
 use crate::backend::wgpu::context::{PRELUDE, PipelineKey, Shader};
 use crate::backend::wgpu::layout::{code, device_bytes, geometry};
 use crate::dtype::DType;
 use crate::shape::broadcast_strides;
 
-const PARAMS: &str = include_str!(concat!(
+pub(super) const PARAMS: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/shaders/matmul_params.wgsl"
 ));
@@ -49,16 +49,6 @@ pub(crate) static SUBGROUP: Shader = Shader {
         )),
     ],
     subgroups: true,
-};
-
-pub(crate) static MATVEC: Shader = Shader {
-    name: "matvec",
-    parts: &[
-        PRELUDE,
-        PARAMS,
-        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/matvec.wgsl")),
-    ],
-    subgroups: false,
 };
 
 /// matmul.wgsl's `Params`.
@@ -108,6 +98,15 @@ impl Tiles {
 
     fn is_direct(self) -> bool {
         self.wx == 0
+    }
+
+    /// Invocations per workgroup.
+    fn invocations(self) -> u32 {
+        if self.is_direct() {
+            self.wy
+        } else {
+            self.wx * self.wy
+        }
     }
 
     fn bm(self) -> u32 {
@@ -216,47 +215,6 @@ const CLASS_ALIGNED: usize = 1;
 const CLASS_SUBGROUP: usize = 2;
 const CLASS_MATVEC: usize = 3;
 
-/// Invocations sharing one column in matvec.wgsl's `matvec_wg` (its `MV_LANES`).
-const MV_LANES: u32 = 32;
-
-/// matvec.wgsl for `a [R, K] · bᵀ` (R ≤ 4 rows with the batch folded in) against a rank-2 weight
-/// `b [N, K]`: K a multiple of 8 and N even (whole 8-element units, whole output words), `a`
-/// not broadcast over the batch. Returns the folded row count, or `None` for other matmuls.
-fn matvec_rows(a: &[usize], b: &[usize], out: &[usize], ta: bool, tb: bool) -> Option<usize> {
-    let r = out.len();
-    let batch = &out[..r - 2];
-    let rows = batch.iter().product::<usize>() * out[r - 2];
-    let k = b.get(1).copied()?;
-    let a_whole = a.len() == r && a[..r - 2] == *batch;
-    (!ta && tb
-        && b.len() == 2
-        && a_whole
-        && (1..=4).contains(&rows)
-        && k.is_multiple_of(8)
-        && out[r - 1].is_multiple_of(2))
-    .then_some(rows)
-}
-
-fn matvec_key(tiles: Tiles, a: DType, b: DType, out: DType, sr: bool) -> PipelineKey {
-    let (entry, wg) = if tiles.is_direct() {
-        ("matvec_lanes", tiles.wy)
-    } else {
-        ("matvec_wg", tiles.wx * tiles.wy)
-    };
-    PipelineKey {
-        shader: &MATVEC,
-        entry,
-        constants: vec![
-            ("DT_A", code(a)),
-            ("DT_B", code(b)),
-            ("DT_OUT", code(out)),
-            ("DWG", wg),
-            ("MV_LANES", MV_LANES),
-            ("ROUND", super::round_code(out, sr)),
-        ],
-    }
-}
-
 /// Params, grid and alignment class of a matmul; `None` grid when there is nothing to compute.
 #[allow(clippy::too_many_arguments)]
 fn matmul_params(
@@ -307,14 +265,12 @@ fn matmul_params(
         p.sa[d] = stride_a[d] as u32;
         p.sb[d] = stride_b[d] as u32;
     }
-    if let Some(rows) = matvec_rows(sa, sb, so, ta, tb) {
+    if let Some(rows) = matvec::rows(sa, sb, so, ta, tb) {
         // Decode: the batch folds into R ≤ 4 contiguous rows of one matrix.
-        let per_group = if tiles.is_direct() {
-            2 * tiles.wy as usize
-        } else {
-            (tiles.wx * tiles.wy / MV_LANES) as usize
-        };
-        let groups = n.div_ceil(per_group);
+        let groups = n.div_ceil(matvec::columns_per_group(
+            tiles.is_direct(),
+            tiles.invocations(),
+        ));
         if groups <= 65535 {
             p.nb = 0;
             p.m = rows as u32;
@@ -421,7 +377,8 @@ fn keys(tiles: Tiles, a: DType, b: DType, o: DType, sr: bool) -> Vec<PipelineKey
     } else {
         general.clone()
     };
-    vec![general, aligned, subgroup, matvec_key(tiles, a, b, o, sr)]
+    let matvec = matvec::key(tiles.is_direct(), tiles.invocations(), a, b, o, sr);
+    vec![general, aligned, subgroup, matvec]
 }
 
 pub(super) fn all_keys() -> Vec<PipelineKey> {

@@ -16,6 +16,7 @@ mod attention;
 mod cast;
 mod elementwise;
 mod matmul;
+mod matvec;
 mod movement;
 mod reduce;
 mod rope;
